@@ -1,0 +1,68 @@
+"""Image decode/encode with errors that name the file.
+
+All images inside dukd-ray are RGB uint8 HWC numpy arrays. Grayscale and RGBA inputs are
+converted (and said once per source, not once per image, so logs stay readable).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from dukd_ray.storage import read_bytes, redact_url, write_bytes_atomic
+
+log = logging.getLogger(__name__)
+_converted_modes_said: set[str] = set()
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageDecodeError(ValueError):
+    """An image file is corrupt, truncated or not an image."""
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode bytes to RGB uint8 HWC; `name` is used in errors and the conversion notice."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(
+            f"cannot decode image {redact_url(name)}: {type(e).__name__}: {e} (corrupt or truncated file?)"
+        ) from None
+    if img.mode != "RGB":
+        if img.mode not in _converted_modes_said:
+            _converted_modes_said.add(img.mode)
+            log.warning("converting %s images to RGB (first: %s)", img.mode, redact_url(name))
+        if img.mode in ("I;16", "I;16B", "I", "F"):
+            arr = np.asarray(img).astype(np.float64)
+            arr = np.clip(arr / max(arr.max(), 1) * 255.0, 0, 255).round().astype(np.uint8)
+            img = Image.fromarray(arr)
+        img = img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def read_image(url: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:
+    """Read and decode one image from any fsspec URL."""
+    return decode_image(read_bytes(url, storage_options), url)
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    """RGB uint8 HWC -> PNG bytes."""
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 HWC array, got dtype={img.dtype} shape={img.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(url: str, img: np.ndarray, storage_options: dict[str, Any] | None = None) -> None:
+    """Write an RGB uint8 HWC image as PNG, atomically."""
+    write_bytes_atomic(url, encode_png(img), storage_options)

@@ -1,0 +1,55 @@
+"""Shared test harness: loopback-only Ray, a real S3 API (moto server), the embedded sample data.
+
+Nothing here mocks fsspec, s3fs, Ray or torch: the S3 fixture is moto's HTTP server on
+127.0.0.1, and s3fs talks to it through `endpoint_url` exactly as it would talk to AWS.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Ray advertises 127.0.0.1 only (the test harness and .ci/run set this, never the library).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Fake credentials for the moto server; never real ones.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 (random port) for the whole session; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{server._server.server_port}"
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh bucket per test: yields (bucket_url, storage_options) for fsspec/s3fs."""
+    import s3fs
+
+    opts = {"endpoint_url": s3_endpoint}
+    fs = s3fs.S3FileSystem(**opts)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(name)
+    yield f"s3://{name}", dict(opts)
+    fs.rm(name, recursive=True)
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory):
+    """The embedded sample data set (DIV2K layout + benchmark layout) written once per session."""
+    from dukd_ray.data.samples import write_sample_data
+
+    root = tmp_path_factory.mktemp("samples")
+    return write_sample_data(str(root))
