@@ -1,1 +1,24 @@
-"""models."""
+"""SR architectures with BasicSR's key names, presets, and checkpoint I/O (official and BasicSR layouts)."""
+
+from dukd_ray.models.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    build_from_checkpoint,
+    load_pretrained,
+    save_weights,
+)
+from dukd_ray.models.presets import PRESET_NAMES, PRESETS
+from dukd_ray.models.registry import ARCHS, arch_defaults, build_arch
+
+__all__ = [
+    "ARCHS",
+    "PRESETS",
+    "PRESET_NAMES",
+    "CheckpointError",
+    "LoadReport",
+    "arch_defaults",
+    "build_arch",
+    "build_from_checkpoint",
+    "load_pretrained",
+    "save_weights",
+]

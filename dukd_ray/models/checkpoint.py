@@ -1,0 +1,288 @@
+"""Checkpoint I/O: load official/BasicSR/our weights into our archs, and export ours in BasicSR's layout.
+
+Everything goes through `dukd_ray.storage` (any fsspec URL) and is read with `weights_only=True`
+(or as `.safetensors`), so a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from dukd_ray.models.registry import build_arch
+from dukd_ray.models.swinir import DERIVED_BUFFERS
+from dukd_ray.storage import read_bytes, redact_url, write_bytes_atomic
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
+STATE_DICT_ENTRIES = ("params_ema", "params", "state_dict")  # BasicSR prefers the EMA weights
+SHOW_KEYS = 5  # how many key names an error or summary lists per category
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable checkpoint, or does not fit the model; the message names the file."""
+
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` did: where from, which entry and layout, what was loaded or skipped."""
+
+    source: str  # redacted URL
+    entry: str | None  # "params_ema" / "params" / ... or None for a bare state dict
+    layout: str  # "basicsr" or "rcan-original"
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # model keys the file lacks
+    unexpected: list[str] = field(default_factory=list)  # file keys the model lacks
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=list
+    )  # key, file, model
+
+    @property
+    def skipped(self) -> list[str]:
+        """Every key not loaded: missing, unexpected and wrongly shaped."""
+        return self.missing + self.unexpected + [k for k, _, _ in self.mismatched]
+
+    @property
+    def complete(self) -> bool:
+        return not self.skipped
+
+    def summary(self) -> str:
+        what = f"{self.entry or 'state dict'}, {self.layout} layout"
+        head = f"{self.source} [{what}]: loaded {len(self.loaded)} tensors"
+        return head if self.complete else f"{head}; {self.describe_skipped()}"
+
+    def describe_skipped(self) -> str:
+        shapes = [f"{k} (file {list(a)} vs model {list(b)})" for k, a, b in self.mismatched]
+        parts = [
+            _listing("missing from the file", self.missing),
+            _listing("unexpected in the file", self.unexpected),
+            _listing("wrongly shaped", shapes),
+        ]
+        return "; ".join(p for p in parts if p)
+
+
+def _listing(what: str, keys: list[str]) -> str:
+    if not keys:
+        return ""
+    more = f", ... (+{len(keys) - SHOW_KEYS} more)" if len(keys) > SHOW_KEYS else ""
+    return f"{len(keys)} {what}: {', '.join(keys[:SHOW_KEYS])}{more}"
+
+
+def load_pretrained(
+    model: nn.Module, path_or_url: str, strict: bool = True, storage_options: dict[str, Any] | None = None
+) -> LoadReport:
+    """Load weights from a local path or fsspec URL into `model` (in place) and say what was loaded.
+
+    Accepts BasicSR files (`params_ema` preferred over `params`), bare state dicts, `module.` prefixes,
+    the original RCAN layout and SwinIR files with or without their derived buffers.
+    strict=True: any missing / unexpected / wrongly shaped key is a CheckpointError listing them.
+    strict=False: every tensor whose name and shape match is loaded, the rest is in the report's `skipped`
+    (e.g. an x4 student initialised from an x2 one: all but the upsampler).
+    """
+    obj = _read_checkpoint(path_or_url, storage_options)
+    return _load_into(model, obj, redact_url(path_or_url), strict)
+
+
+def save_weights(
+    url_prefix: str,
+    params: Mapping[str, torch.Tensor] | nn.Module,
+    params_ema: Mapping[str, torch.Tensor] | nn.Module | None = None,
+    arch_spec: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[str, str]:
+    """Write `<prefix>.pth` (BasicSR layout + `meta.arch_spec`) and `<prefix>.safetensors` (EMA if given).
+
+    Both are written atomically; returns their URLs. The state dicts keep BasicSR's key names, so the
+    files also load into BasicSR's own archs.
+    """
+    params = _cpu_state(params)
+    ema = _cpu_state(params_ema) if params_ema is not None else None
+    spec = json.loads(json.dumps(arch_spec)) if arch_spec is not None else None  # plain JSON types only
+    pth: dict[str, Any] = {"params": params}
+    if ema is not None:
+        pth["params_ema"] = ema
+    pth["meta"] = {"arch_spec": spec}
+    buf = io.BytesIO()
+    torch.save(pth, buf)
+    pth_url, st_url = f"{url_prefix}.pth", f"{url_prefix}.safetensors"
+    write_bytes_atomic(pth_url, buf.getvalue(), storage_options)
+    metadata = {"arch_spec": json.dumps(spec)} if spec is not None else None
+    write_bytes_atomic(
+        st_url, save_safetensors(ema if ema is not None else params, metadata=metadata), storage_options
+    )
+    return pth_url, st_url
+
+
+def build_from_checkpoint(
+    url: str,
+    arch: str | None = None,
+    scale: int | None = None,
+    preset: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build the model a checkpoint was saved from and load it strictly; returned in eval mode.
+
+    Our exports carry `arch_spec` (then `preset` is not needed, and `arch`/`scale`, if given, must agree);
+    foreign files (official, BasicSR) need `arch` and `scale`, and `preset` unless the defaults fit.
+    """
+    obj = _read_checkpoint(url, storage_options)
+    source = redact_url(url)
+    spec = _arch_spec(obj)
+    if spec is not None:
+        for name, given, saved in (("arch", arch, spec["arch"]), ("scale", scale, spec["scale"])):
+            if given is not None and given != saved:
+                raise CheckpointError(
+                    f"{source} holds a {name}={saved!r} model, but {name}={given!r} was asked for"
+                )
+        model = build_arch(spec["arch"], spec["scale"], **spec["kwargs"])
+    elif arch is None or scale is None:
+        raise CheckpointError(
+            f"{source} carries no arch_spec (not exported by dukd-ray): pass arch= and scale="
+        )
+    else:
+        model = build_arch(arch, scale, preset)
+    _load_into(model, obj, source, strict=True)
+    return model.eval()
+
+
+def _read_checkpoint(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The file's top-level object: a `.safetensors` file becomes `{"params": tensors, "meta": {...}}`."""
+    data = read_bytes(url, storage_options)
+    name = redact_url(url)
+    if str(url).endswith(".safetensors") or _looks_like_safetensors(data):
+        try:
+            tensors = load_safetensors(data)
+        except (SafetensorError, ValueError) as e:
+            raise CheckpointError(f"{name} is not a readable safetensors file: {e}") from None
+        spec = _safetensors_metadata(data).get("arch_spec")
+        return {"params": tensors, "meta": {"arch_spec": json.loads(spec) if spec else None}}
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and weights_only errors have no common base class
+        raise CheckpointError(
+            f"{name} is not a PyTorch checkpoint readable with weights_only=True: "
+            f"{type(e).__name__}: {str(e)[:200]}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{name} holds a {type(obj).__name__}, not a state dict or a BasicSR dict")
+    return obj
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    """8-byte little-endian header length, then a JSON header."""
+    return len(data) > 9 and data[8:9] == b"{" and int.from_bytes(data[:8], "little") < len(data)
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    header_len = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+
+
+def _arch_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
+    meta = obj.get("meta")
+    return meta.get("arch_spec") if isinstance(meta, dict) else None
+
+
+def _extract_state(obj: dict[str, Any], source: str) -> tuple[dict[str, torch.Tensor], str | None]:
+    for entry in STATE_DICT_ENTRIES:
+        if isinstance(obj.get(entry), dict) and obj[entry]:
+            return obj[entry], entry
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, None
+    raise CheckpointError(
+        f"{source}: no state dict found (looked for {', '.join(STATE_DICT_ENTRIES)} or a bare tensor dict); "
+        f"top-level keys: {sorted(map(str, obj))[:10]}"
+    )
+
+
+def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def _rcan_original_to_basicsr(
+    state: dict[str, torch.Tensor], num_group: int, num_block: int
+) -> dict[str, torch.Tensor]:
+    """Rename EDSR-PyTorch RCAN keys to BasicSR's (eval.md); unmatched keys pass through and fail loudly.
+
+    The group's closing conv sits at index `num_block` of its body, the trunk's at index `num_group`.
+    """
+    rules = [
+        (r"head\.0\.(.+)", r"conv_first.\1"),
+        (r"body\.(\d+)\.body\.(\d+)\.body\.([02])\.(.+)", r"body.\1.residual_group.\2.rcab.\3.\4"),
+        (
+            r"body\.(\d+)\.body\.(\d+)\.body\.3\.conv_du\.0\.(.+)",
+            r"body.\1.residual_group.\2.rcab.3.attention.1.\3",
+        ),
+        (
+            r"body\.(\d+)\.body\.(\d+)\.body\.3\.conv_du\.2\.(.+)",
+            r"body.\1.residual_group.\2.rcab.3.attention.3.\3",
+        ),
+        (rf"body\.(\d+)\.body\.{num_block}\.(.+)", r"body.\1.conv.\2"),
+        (rf"body\.{num_group}\.(.+)", r"conv_after_body.\1"),
+        (r"tail\.0\.(\d+)\.(.+)", r"upsample.\1.\2"),
+        (r"tail\.1\.(.+)", r"conv_last.\1"),
+    ]
+    out = {}
+    for key, value in state.items():
+        if key.startswith(("sub_mean.", "add_mean.")):
+            continue  # the mean shift is a fixed constant in our archs
+        for pattern, repl in rules:
+            if re.fullmatch(pattern, key):
+                key = re.sub(pattern, repl, key)
+                break
+        out[key] = value
+    return out
+
+
+def _load_into(model: nn.Module, obj: dict[str, Any], source: str, strict: bool) -> LoadReport:
+    state, entry = _extract_state(obj, source)
+    state = _strip_wrappers(state)
+    layout = "basicsr"
+    spec = getattr(model, "arch_spec", {"arch": None})
+    if spec["arch"] == "rcan" and "head.0.weight" in state:
+        layout = "rcan-original"
+        state = _rcan_original_to_basicsr(state, len(model.body), len(model.body[0].residual_group))
+    # buffers derived from the config (SwinIR's index / mask) are the model's own, whatever the file holds
+    derived = tuple(f".{b}" for b in DERIVED_BUFFERS)
+    state = {k: v for k, v in state.items() if not k.endswith(derived)}
+    target = {k: v for k, v in model.state_dict().items() if not k.endswith(derived)}
+
+    report = LoadReport(source=source, entry=entry, layout=layout)
+    report.missing = [k for k in target if k not in state]
+    report.unexpected = [k for k in state if k not in target]
+    for key, value in state.items():
+        if key not in target:
+            continue
+        if not isinstance(value, torch.Tensor) or value.shape != target[key].shape:
+            file_shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+            report.mismatched.append((key, file_shape, tuple(target[key].shape)))
+        else:
+            report.loaded.append(key)
+    if not report.loaded or (strict and not report.complete):
+        arch = spec["arch"] or type(model).__name__
+        raise CheckpointError(
+            f"{source} does not fit this {arch} model ({entry or 'state dict'}, {layout} layout): "
+            f"{report.describe_skipped() or 'no tensors'}"
+        )
+    model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
+    return report
+
+
+def _cpu_state(params: Mapping[str, torch.Tensor] | nn.Module) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies with wrapper prefixes removed (safetensors refuses shared storage)."""
+    state = params.state_dict() if isinstance(params, nn.Module) else params
+    return _strip_wrappers({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()})

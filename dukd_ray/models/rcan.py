@@ -1,0 +1,93 @@
+"""RCAN (Zhang et al. 2018) with BasicSR's `RCAN` parameter names.
+
+Official EDSR-PyTorch-style RCAN files use other names; `checkpoint.py` maps them on load.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dukd_ray.models.blocks import MeanShift, Upsample
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation gate; `attention.1` / `attention.3` are the two 1x1 convs."""
+
+    def __init__(self, num_feat: int, squeeze_factor: int) -> None:
+        super().__init__()
+        if num_feat // squeeze_factor < 1:
+            raise ValueError(f"squeeze_factor {squeeze_factor} leaves no channels of num_feat {num_feat}")
+        self.attention = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(num_feat, num_feat // squeeze_factor, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(num_feat // squeeze_factor, num_feat, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.attention(x)
+
+
+class RCAB(nn.Module):
+    """Residual channel attention block: `rcab.0` conv, ReLU, `rcab.2` conv, `rcab.3` attention."""
+
+    def __init__(self, num_feat: int, squeeze_factor: int, res_scale: float) -> None:
+        super().__init__()
+        self.res_scale = res_scale
+        self.rcab = nn.Sequential(
+            nn.Conv2d(num_feat, num_feat, 3, 1, 1),
+            nn.ReLU(True),
+            nn.Conv2d(num_feat, num_feat, 3, 1, 1),
+            ChannelAttention(num_feat, squeeze_factor),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.rcab(x) * self.res_scale
+
+
+class ResidualGroup(nn.Module):
+    """`residual_group` (RCABs) then the group's `conv`, with a skip over the whole group."""
+
+    def __init__(self, num_feat: int, num_block: int, squeeze_factor: int, res_scale: float) -> None:
+        super().__init__()
+        self.residual_group = nn.Sequential(
+            *(RCAB(num_feat, squeeze_factor, res_scale) for _ in range(num_block))
+        )
+        self.conv = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(self.residual_group(x))
+
+
+class RCAN(nn.Module):
+    """conv_first -> body (residual groups) -> conv_after_body (+skip) -> upsample -> conv_last."""
+
+    def __init__(
+        self,
+        upscale: int,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        num_feat: int = 64,
+        num_group: int = 10,
+        num_block: int = 16,
+        squeeze_factor: int = 16,
+        res_scale: float = 1.0,
+        img_range: float = 255.0,
+        rgb_mean: tuple[float, ...] = (0.4488, 0.4371, 0.4040),
+    ) -> None:
+        super().__init__()
+        self.shift = MeanShift(rgb_mean, img_range)
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(
+            *(ResidualGroup(num_feat, num_block, squeeze_factor, res_scale) for _ in range(num_group))
+        )
+        self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.upsample = Upsample(upscale, num_feat)
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_first(self.shift.normalize(x))
+        x = x + self.conv_after_body(self.body(x))
+        return self.shift.denormalize(self.conv_last(self.upsample(x)))
