@@ -1,0 +1,30 @@
+"""The frozen teacher: a pretrained network used only to produce targets."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+
+def freeze_teacher(model: nn.Module) -> nn.Module:
+    """Put `model` in eval mode with no parameter requiring grad, and return it.
+
+    Eval mode makes SwinIR's drop-path deterministic; without grads no teacher backward is ever
+    computed and nothing of the teacher is all-reduced. Never wrap the teacher in DDP.
+    """
+    _reject_wrapped(model)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def check_frozen(model: nn.Module) -> None:
+    """Raise unless `model` is as `freeze_teacher` leaves it."""
+    _reject_wrapped(model)
+    if model.training or any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the teacher must be frozen (eval mode, no grads): call freeze_teacher(teacher)")
+
+
+def _reject_wrapped(model: nn.Module) -> None:
+    if isinstance(model, (DistributedDataParallel, DataParallel)):
+        raise ValueError("the teacher must not be wrapped in (Distributed)DataParallel: it is never trained")
