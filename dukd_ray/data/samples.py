@@ -1,0 +1,166 @@
+"""Embedded sample data: a DIV2K-layout train set and a benchmark-layout test set, no download.
+
+Built from the real photographs that ship with scikit-image, with LR images made by our
+MATLAB-compatible bicubic (as DIV2K and the benchmark sets were), so the quickstart, the tests and
+a first training run all work offline. Train and test photographs are disjoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dukd_ray.data.imageio import write_png
+from dukd_ray.eval.resize import imresize
+from dukd_ray.storage import exists, join, read_bytes, write_bytes_atomic
+
+SET_NAME = "Sample"
+MAX_SIDE = 512  # keeps the whole data set a few MB and its build a few seconds
+MOD = 12  # HR sides are multiples of 12, so x2, x3 and x4 LR images all exist
+# Bump when the images or their preparation change: an older cache is then rebuilt.
+VERSION = 1
+_MARKER = "_complete.json"
+
+
+@dataclass(frozen=True)
+class SampleData:
+    """Where the sample data lives: `train_url` (DIV2K layout), `benchmark_url` (benchmark layout)."""
+
+    train_url: str
+    benchmark_url: str
+    sets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One scikit-image photograph: `skimage.data.<source>()` (item `pick` of a tuple), shrunk `shrink` x."""
+
+    source: str
+    pick: int | None = None
+    shrink: int = 1
+
+    def load(self) -> np.ndarray:
+        """The photograph as RGB uint8, centre-cropped to at most MAX_SIDE and to a multiple of MOD."""
+        try:
+            from skimage import data
+        except ImportError:
+            raise ImportError(
+                "the embedded sample data needs scikit-image: pip install 'dukd-ray[samples]'"
+            ) from None
+        img = getattr(data, self.source)()
+        if self.pick is not None:
+            img = img[self.pick]
+        if img.ndim == 2:  # grayscale photographs become 3 equal channels
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        img = img[:, :, :3]
+        if self.shrink > 1:
+            img = _to_uint8(imresize(_to_float(img), 1 / self.shrink))
+        return _center_crop(img)
+
+
+# DIV2K-style numbered training photographs and named test photographs (disjoint sources).
+TRAIN_PHOTOS: tuple[Photo, ...] = (
+    Photo("astronaut"),
+    Photo("rocket"),
+    Photo("hubble_deep_field"),
+    Photo("immunohistochemistry"),
+    Photo("retina", shrink=3),
+    Photo("brick"),
+    Photo("gravel"),
+    Photo("moon"),
+)
+TEST_PHOTOS: dict[str, Photo] = {
+    "chelsea": Photo("chelsea"),
+    "motorcycle": Photo("stereo_motorcycle", pick=1),
+    "coffee": Photo("coffee"),
+    "coins": Photo("coins"),
+    "camera": Photo("camera"),
+}
+
+
+def _to_float(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img).permute(2, 0, 1).to(torch.float64) / 255.0
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Round to uint8 the way MATLAB stores imresize output of a uint8 image (saturate, round)."""
+    return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _center_crop(img: np.ndarray) -> np.ndarray:
+    """Centre crop to at most MAX_SIDE per side, then down to a multiple of MOD."""
+    h, w = (min(s, MAX_SIDE) // MOD * MOD for s in img.shape[:2])
+    top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+    return np.ascontiguousarray(img[top : top + h, left : left + w])
+
+
+def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+    """The x`scale` LR image of an RGB uint8 HR image, as MATLAB's `imresize(hr, 1/scale)` makes it."""
+    return _to_uint8(imresize(_to_float(hr), 1 / scale))
+
+
+def _read_marker(url: str, storage_options: dict[str, Any] | None) -> set[int]:
+    """Scales a previous build of this VERSION completed (empty when none)."""
+    if not exists(url, storage_options):
+        return set()
+    try:
+        info = json.loads(read_bytes(url, storage_options))
+    except ValueError:
+        return set()
+    return set(info.get("scales", [])) if info.get("version") == VERSION else set()
+
+
+def write_sample_data(
+    root: str, scales: Sequence[int] = (2, 3, 4), storage_options: dict[str, Any] | None = None
+) -> SampleData:
+    """Write the sample train set under `root/train` and the `Sample` test set under `root/benchmark`.
+
+    Idempotent: returns at once when a previous build covered `scales`. Every file is written
+    atomically and the completion marker last, so an interrupted build is simply redone.
+    """
+    scales = sorted({int(s) for s in scales})
+    if not scales or any(s < 1 or MOD % s for s in scales):
+        raise ValueError(f"sample data scales must divide {MOD}, got scales={scales}")
+    train_url, bench_url = join(root, "train"), join(root, "benchmark")
+    result = SampleData(train_url, bench_url, (SET_NAME,))
+    marker = join(root, _MARKER)
+    done = _read_marker(marker, storage_options)
+    if set(scales) <= done:
+        return result
+
+    def write_pair(hr: np.ndarray, hr_url: str, lr_url: Callable[[int], str]) -> None:
+        write_png(hr_url, hr, storage_options)
+        for s in scales:
+            write_png(lr_url(s), bicubic_lr(hr, s), storage_options)
+
+    for i, photo in enumerate(TRAIN_PHOTOS, start=1):
+        stem = f"{i:04d}"
+        write_pair(
+            photo.load(),
+            join(train_url, "DIV2K_train_HR", f"{stem}.png"),
+            lambda s, stem=stem: join(train_url, "DIV2K_train_LR_bicubic", f"X{s}", f"{stem}x{s}.png"),
+        )
+    set_url = join(bench_url, SET_NAME)
+    for name, photo in TEST_PHOTOS.items():
+        write_pair(
+            photo.load(),
+            join(set_url, "HR", f"{name}.png"),
+            lambda s, name=name: join(set_url, "LR_bicubic", f"X{s}", f"{name}x{s}.png"),
+        )
+    info = {"version": VERSION, "scales": sorted(done | set(scales))}
+    write_bytes_atomic(marker, json.dumps(info).encode(), storage_options)
+    return result
+
+
+def default_sample_data() -> SampleData:
+    """The sample data, built once under ~/.cache/dukd_ray/samples (or $DUKD_SAMPLES_DIR)."""
+    root = os.environ.get("DUKD_SAMPLES_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "dukd_ray", "samples"
+    )
+    return write_sample_data(root)
