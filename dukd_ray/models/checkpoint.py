@@ -89,7 +89,7 @@ def load_pretrained(
     (e.g. an x4 student initialised from an x2 one: all but the upsampler).
     """
     obj = _read_checkpoint(path_or_url, storage_options)
-    return _load_into(model, obj, redact_url(path_or_url), strict)
+    return _load_into(_unwrap(model), obj, redact_url(path_or_url), strict)
 
 
 def save_weights(
@@ -282,7 +282,18 @@ def _load_into(model: nn.Module, obj: dict[str, Any], source: str, strict: bool)
     return report
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The arch inside DDP / DataParallel / torch.compile wrappers (their keys carry a prefix)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _cpu_state(params: Mapping[str, torch.Tensor] | nn.Module) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU copies with wrapper prefixes removed (safetensors refuses shared storage)."""
-    state = params.state_dict() if isinstance(params, nn.Module) else params
+    state = _unwrap(params).state_dict() if isinstance(params, nn.Module) else params
     return _strip_wrappers({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()})
