@@ -1,0 +1,100 @@
+"""PSNR and SSIM exactly as the SR literature reports them (MATLAB conventions, see eval.md).
+
+Inputs are RGB uint8 HWC numpy arrays, or float CHW tensors in [0, 1] that are first quantised
+like a saved image (clamp, round(v * 255)), so a model's output scores what its PNG would score.
+Everything is computed in float64; the Y channel is BT.601 without rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+_Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
+_SSIM_C1 = (0.01 * 255) ** 2
+_SSIM_C2 = (0.03 * 255) ** 2
+_SSIM_SIZE, _SSIM_SIGMA = 11, 1.5
+
+Image = np.ndarray | torch.Tensor
+
+
+def to_uint8_hwc(img: Image, what: str = "image") -> np.ndarray:
+    """An RGB uint8 HWC array from uint8 HWC numpy or a float (C, H, W) / (1, C, H, W) tensor in [0, 1]."""
+    if isinstance(img, torch.Tensor):
+        t = img.detach()
+        if t.ndim == 4 and t.shape[0] == 1:
+            t = t[0]
+        if t.ndim != 3 or not t.is_floating_point():
+            raise ValueError(
+                f"{what}: expected a float (C, H, W) tensor, got dtype={t.dtype} shape={tuple(t.shape)}"
+            )
+        t = (t.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+        return t.permute(1, 2, 0).cpu().numpy()
+    if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3:
+        return img
+    raise ValueError(
+        f"{what}: expected an RGB uint8 HWC numpy array or a float CHW tensor in [0, 1], "
+        f"got {type(img).__name__} dtype={getattr(img, 'dtype', None)} shape={getattr(img, 'shape', None)}"
+    )
+
+
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma of RGB in [0, 255] (MATLAB `rgb2ycbcr` Y, kept unrounded), float64 (H, W)."""
+    return 16.0 + img.astype(np.float64) @ _Y_WEIGHTS
+
+
+def _prepare(sr: Image, hr: Image, crop_border: int, y_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise, check shapes, crop borders and pick Y or RGB: two float64 (H, W, C) arrays."""
+    a, b = to_uint8_hwc(sr, "sr"), to_uint8_hwc(hr, "hr")
+    if a.shape != b.shape:
+        raise ValueError(f"sr and hr differ in shape: sr {a.shape} vs hr {b.shape}")
+    if crop_border < 0 or 2 * crop_border >= min(a.shape[:2]):
+        raise ValueError(f"crop_border={crop_border} leaves nothing of a {a.shape[0]}x{a.shape[1]} image")
+    if crop_border:
+        a = a[crop_border:-crop_border, crop_border:-crop_border]
+        b = b[crop_border:-crop_border, crop_border:-crop_border]
+    if y_channel:
+        return rgb_to_y(a)[..., None], rgb_to_y(b)[..., None]
+    return a.astype(np.float64), b.astype(np.float64)
+
+
+def psnr(sr: Image, hr: Image, crop_border: int, y_channel: bool = True) -> float:
+    """PSNR in dB (peak 255) after cropping `crop_border` pixels per side; +inf for identical images."""
+    a, b = _prepare(sr, hr, crop_border, y_channel)
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def _gaussian_window() -> np.ndarray:
+    x = np.arange(_SSIM_SIZE, dtype=np.float64) - (_SSIM_SIZE - 1) / 2
+    g = np.exp(-(x**2) / (2 * _SSIM_SIGMA**2))
+    return g / g.sum()
+
+
+def _filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The 'valid' 2-D correlation with the separable window outer(g, g) (MATLAB `filter2(..., 'valid')`)."""
+    rows = np.lib.stride_tricks.sliding_window_view(img, g.size, axis=0) @ g
+    return np.lib.stride_tricks.sliding_window_view(rows, g.size, axis=1) @ g
+
+
+def _ssim_channel(a: np.ndarray, b: np.ndarray, g: np.ndarray) -> float:
+    mu_a, mu_b = _filter_valid(a, g), _filter_valid(b, g)
+    var_a = _filter_valid(a * a, g) - mu_a**2
+    var_b = _filter_valid(b * b, g) - mu_b**2
+    cov = _filter_valid(a * b, g) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + _SSIM_C1) * (2 * cov + _SSIM_C2)
+    den = (mu_a**2 + mu_b**2 + _SSIM_C1) * (var_a + var_b + _SSIM_C2)
+    return float(np.mean(num / den))
+
+
+def ssim(sr: Image, hr: Image, crop_border: int, y_channel: bool = True) -> float:
+    """SSIM (Wang et al. 2004; 11x11 Gaussian, sigma 1.5, valid region); RGB: mean of per-channel SSIM."""
+    a, b = _prepare(sr, hr, crop_border, y_channel)
+    if min(a.shape[:2]) < _SSIM_SIZE:
+        raise ValueError(
+            f"SSIM needs at least {_SSIM_SIZE}x{_SSIM_SIZE} pixels after cropping, got {a.shape[:2]}"
+        )
+    g = _gaussian_window()
+    return float(np.mean([_ssim_channel(a[..., c], b[..., c], g) for c in range(a.shape[2])]))
