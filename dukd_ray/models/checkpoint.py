@@ -19,6 +19,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from dukd_ray.models.rcan import RCAN
 from dukd_ray.models.registry import build_arch
 from dukd_ray.models.swinir import DERIVED_BUFFERS
 from dukd_ray.storage import read_bytes, redact_url, write_bytes_atomic
@@ -252,8 +253,7 @@ def _load_into(model: nn.Module, obj: dict[str, Any], source: str, strict: bool)
     state, entry = _extract_state(obj, source)
     state = _strip_wrappers(state)
     layout = "basicsr"
-    spec = getattr(model, "arch_spec", {"arch": None})
-    if spec["arch"] == "rcan" and "head.0.weight" in state:
+    if isinstance(model, RCAN) and "head.0.weight" in state:
         layout = "rcan-original"
         state = _rcan_original_to_basicsr(state, len(model.body), len(model.body[0].residual_group))
     # buffers derived from the config (SwinIR's index / mask) are the model's own, whatever the file holds
@@ -273,9 +273,9 @@ def _load_into(model: nn.Module, obj: dict[str, Any], source: str, strict: bool)
         else:
             report.loaded.append(key)
     if not report.loaded or (strict and not report.complete):
-        arch = spec["arch"] or type(model).__name__
         raise CheckpointError(
-            f"{source} does not fit this {arch} model ({entry or 'state dict'}, {layout} layout): "
+            f"{source} does not fit this {type(model).__name__} model "
+            f"({entry or 'state dict'}, {layout} layout): "
             f"{report.describe_skipped() or 'no tensors'}"
         )
     model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)
