@@ -1,0 +1,208 @@
+"""Where training pairs come from: a DIV2K-layout folder of PNGs or a packed shard prefix.
+
+Both expose the same small interface to the stream: `counts` (records per unit: one per image
+for PNGs, one per crop for shards, grouped by the unit a reader fetches sequentially) and
+`iter_records(requests)`, which yields (name, hr, lr) uint8 HWC for (unit, record) requests in
+the order given. Reading PNGs is what BasicSR does (two decodes per sample); shards are the
+fast path, fetched as a few large range reads per run of consecutive records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any, Protocol
+
+import numpy as np
+
+from dukd_ray.data.imageio import IMAGE_SUFFIXES, read_image
+from dukd_ray.data.shards import (
+    MANIFEST_NAME,
+    Manifest,
+    RecordInfo,
+    check_header,
+    check_size,
+    decode_record,
+    header_length,
+    load_manifest,
+)
+from dukd_ray.storage import exists, get_fs, join, redact_url, with_retries
+
+Record = tuple[str, np.ndarray, np.ndarray]
+HR_DIR = "DIV2K_train_HR"
+LR_DIR = "DIV2K_train_LR_bicubic"
+# one range read covers consecutive records up to this many bytes (a few crops of 480 px)
+RANGE_BYTES = 8 << 20
+
+
+class PairError(ValueError):
+    """An HR/LR pair is incomplete or its sizes do not agree with the scale."""
+
+
+class Source(Protocol):
+    counts: tuple[int, ...]
+
+    def describe(self) -> str: ...
+
+    def iter_records(self, requests: Iterable[tuple[int, int]]) -> Iterator[Record]: ...
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    name: str
+    hr_url: str
+    lr_url: str
+
+
+def _list_images(url: str, storage_options: dict[str, Any] | None) -> dict[str, str]:
+    """{file name: url} of the images directly under `url` (FileNotFoundError names it if absent)."""
+    fs, path = get_fs(url, storage_options)
+    fs.invalidate_cache(path)
+    try:
+        names = with_retries(lambda: fs.ls(path, detail=False), url)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"folder not found: {redact_url(url)}") from None
+    out = {}
+    for n in names:
+        base = str(n).rstrip("/").rsplit("/", 1)[-1]
+        if base.lower().endswith(IMAGE_SUFFIXES):
+            out[base] = join(url, base)
+    return out
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    stem, dot, suffix = name.rpartition(".")
+    return stem, dot + suffix
+
+
+def list_div2k_pairs(root: str, scale: int, storage_options: dict[str, Any] | None = None) -> list[ImagePair]:
+    """The HR/LR pairs of a DIV2K-layout root, sorted by name; every HR needs its LR and vice versa."""
+    hr_url, lr_url = join(root, HR_DIR), join(root, LR_DIR, f"X{scale}")
+    hrs = _list_images(hr_url, storage_options)
+    if not hrs:
+        raise FileNotFoundError(f"no images under {redact_url(hr_url)} (expected DIV2K layout)")
+    lrs = _list_images(lr_url, storage_options)
+    lr_by_stem = {_split_suffix(n)[0]: n for n in lrs}
+    pairs = []
+    for name in sorted(hrs):
+        stem = _split_suffix(name)[0]
+        lr_name = lr_by_stem.pop(f"{stem}x{scale}", None)
+        if lr_name is None:
+            raise PairError(
+                f"HR image {redact_url(hrs[name])} has no LR image {stem}x{scale}.* in {redact_url(lr_url)}"
+            )
+        pairs.append(ImagePair(stem, hrs[name], lrs[lr_name]))
+    if lr_by_stem:
+        orphan = lrs[sorted(lr_by_stem.values())[0]]
+        raise PairError(f"LR image {redact_url(orphan)} has no HR image in {redact_url(hr_url)}")
+    return pairs
+
+
+def read_pair(pair: ImagePair, scale: int, storage_options: dict[str, Any] | None = None) -> Record:
+    """Decode an HR/LR pair; HR is mod-cropped to scale x LR size, which must then match exactly."""
+    hr = read_image(pair.hr_url, storage_options)
+    lr = read_image(pair.lr_url, storage_options)
+    (hh, hw), (lh, lw) = hr.shape[:2], lr.shape[:2]
+    if hh // scale != lh or hw // scale != lw:
+        raise PairError(
+            f"sizes disagree with scale {scale}: HR {redact_url(pair.hr_url)} is {hh}x{hw}, "
+            f"LR {redact_url(pair.lr_url)} is {lh}x{lw} (expected {hh // scale}x{hw // scale})"
+        )
+    return pair.name, hr[: scale * lh, : scale * lw], lr
+
+
+@dataclass
+class PngSource:
+    """A DIV2K-layout root read the BasicSR way: every sample decodes one HR and one LR PNG."""
+
+    root: str
+    scale: int
+    storage_options: dict[str, Any] | None = None
+    pairs: list[ImagePair] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pairs = list_div2k_pairs(self.root, self.scale, self.storage_options)
+        self.counts = (1,) * len(self.pairs)
+
+    def describe(self) -> str:
+        return f"{len(self.pairs)} PNG pairs (x{self.scale}) under {redact_url(self.root)}"
+
+    def iter_records(self, requests: Iterable[tuple[int, int]]) -> Iterator[Record]:
+        for unit, _ in requests:
+            yield read_pair(self.pairs[unit], self.scale, self.storage_options)
+
+
+@dataclass
+class ShardSource:
+    """A packed prefix: records streamed from shards in large sequential range reads."""
+
+    prefix: str
+    scale: int
+    storage_options: dict[str, Any] | None = None
+    manifest: Manifest = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.manifest = load_manifest(self.prefix, self.scale, self.storage_options)
+        if self.manifest.num_records == 0:
+            raise FileNotFoundError(f"{redact_url(join(self.prefix, MANIFEST_NAME))} lists no records")
+        self.counts = tuple(s.records for s in self.manifest.shards)
+        self._headers: dict[int, list[RecordInfo]] = {}
+
+    def describe(self) -> str:
+        m = self.manifest
+        return f"{m.num_records} crops (x{m.scale}) in {len(m.shards)} shards under {redact_url(self.prefix)}"
+
+    def iter_records(self, requests: Iterable[tuple[int, int]]) -> Iterator[Record]:
+        fs, _ = get_fs(self.prefix, self.storage_options)
+        for unit, group in groupby(requests, key=lambda r: r[0]):
+            url = join(self.prefix, self.manifest.shards[unit].name)
+            path = get_fs(url, self.storage_options)[1]
+            records = self._header(fs, unit, url, path)
+            for run in _runs([records[r] for _, r in group]):
+                start, end = run[0].offset, run[-1].end
+                data = with_retries(lambda p=path, s=start, e=end: fs.cat_file(p, s, e), url)
+                for info in run:
+                    hr, lr = decode_record(data, info.offset - start, info, url)
+                    yield f"{info.name} in {redact_url(url)}", hr, lr
+
+    def _header(self, fs: Any, unit: int, url: str, path: str) -> list[RecordInfo]:
+        """The shard's record table, after checking its size and header digest against the manifest."""
+        if unit not in self._headers:
+            info = self.manifest.shards[unit]
+            try:
+                size = with_retries(lambda: fs.size(path), url)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"shard listed in the manifest is missing: {redact_url(url)}"
+                ) from None
+            check_size(info, size, url)
+            head = with_retries(lambda: fs.cat_file(path, 0, min(size, 1 << 16)), url)
+            n = header_length(head, url)
+            if n > len(head):
+                head = with_retries(lambda: fs.cat_file(path, 0, n), url)
+            self._headers[unit] = check_header(info, head[:n], url)
+        return self._headers[unit]
+
+
+def _runs(records: list[RecordInfo]) -> Iterator[list[RecordInfo]]:
+    """Split records into byte-contiguous runs of at most RANGE_BYTES (one range read each)."""
+    run: list[RecordInfo] = []
+    for info in records:
+        if run and (info.offset != run[-1].end or info.end - run[0].offset > RANGE_BYTES):
+            yield run
+            run = []
+        run.append(info)
+    if run:
+        yield run
+
+
+def open_source(url: str, scale: int, storage_options: dict[str, Any] | None = None) -> Source:
+    """A shard prefix if `url` holds manifest.json, else a DIV2K-layout root."""
+    if exists(join(url, MANIFEST_NAME), storage_options):
+        return ShardSource(url, scale, storage_options)
+    if exists(join(url, HR_DIR), storage_options):
+        return PngSource(url, scale, storage_options)
+    raise FileNotFoundError(
+        f"{redact_url(url)} holds neither {MANIFEST_NAME} (a shard prefix) nor {HR_DIR}/ (a DIV2K root)"
+    )
