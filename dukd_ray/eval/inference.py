@@ -1,0 +1,114 @@
+"""Running an SR model for evaluation: x8 self-ensemble and tiled inference for large images.
+
+Tiling is crop-and-stitch: tiles overlap by `tile_overlap` LR pixels and every output pixel is
+taken from the one tile in which it lies at least `tile_overlap // 2` pixels from a cut edge, so
+the result equals whole-image inference exactly whenever the model's receptive field is smaller
+than the overlap (averaging overlapping tiles would not be exact, and it would cost more).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+# The 8 symmetries of the square as (transpose, flip_h, flip_w).
+_D4 = [(t, fh, fw) for t in (False, True) for fh in (False, True) for fw in (False, True)]
+
+
+def _apply(x: torch.Tensor, transpose: bool, flip_h: bool, flip_w: bool) -> torch.Tensor:
+    dims = [d for d, on in ((-2, flip_h), (-1, flip_w)) if on]
+    x = x.flip(dims) if dims else x
+    return x.transpose(-2, -1) if transpose else x
+
+
+def _invert(y: torch.Tensor, transpose: bool, flip_h: bool, flip_w: bool) -> torch.Tensor:
+    y = y.transpose(-2, -1) if transpose else y
+    dims = [d for d, on in ((-2, flip_h), (-1, flip_w)) if on]
+    return y.flip(dims) if dims else y
+
+
+def ensemble_x8(forward: Forward) -> Forward:
+    """x8 geometric self-ensemble: run the 8 flip/transpose variants, undo each, average."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for op in _D4:
+            y = _invert(forward(_apply(x, *op)), *op).float()
+            total = y if total is None else total + y
+        return total / len(_D4)
+
+    return run
+
+
+def _tile_plan(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
+    """Per tile along one dimension: (tile start, core start, core end); cores partition [0, length)."""
+    if length <= tile:
+        return [(0, 0, length)]
+    starts = list(range(0, length - tile, tile - overlap)) + [length - tile]
+    cuts = [0] + [(a + tile + b) // 2 for a, b in zip(starts, starts[1:], strict=False)] + [length]
+    return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
+
+
+def tiled(forward: Forward, tile: int, overlap: int, scale: int | None = None) -> Forward:
+    """Run `forward` on overlapping `tile` x `tile` LR crops and stitch the outputs (see module doc)."""
+    if tile <= 0 or not 0 <= overlap < tile:
+        raise ValueError(f"need tile > tile_overlap >= 0, got tile={tile} tile_overlap={overlap}")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        out, s = None, scale
+        for ty, cy0, cy1 in _tile_plan(h, tile, overlap):
+            for tx, cx0, cx1 in _tile_plan(w, tile, overlap):
+                y = forward(x[..., ty : ty + tile, tx : tx + tile]).float()
+                if s is None:  # no scale given: read it off the first tile
+                    s = y.shape[-1] // min(tile, w)
+                if out is None:
+                    out = y.new_empty(*y.shape[:-2], h * s, w * s)
+                core = y[..., (cy0 - ty) * s : (cy1 - ty) * s, (cx0 - tx) * s : (cx1 - tx) * s]
+                out[..., cy0 * s : cy1 * s, cx0 * s : cx1 * s] = core
+        return out
+
+    return run
+
+
+def model_scale(model: nn.Module) -> int | None:
+    """The upscaling factor recorded in `model.arch_spec` (every model from `build_arch` has one)."""
+    spec = getattr(model, "arch_spec", None)
+    return int(spec["scale"]) if isinstance(spec, dict) and "scale" in spec else None
+
+
+def super_resolve(
+    model: nn.Module,
+    lr: torch.Tensor,
+    self_ensemble: bool = False,
+    tile: int | None = None,
+    tile_overlap: int = 32,
+    scale: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Upscale float (B, 3, h, w) LR in [0, 1] (on the model's device) to float32 (B, 3, s*h, s*w).
+
+    Runs in eval mode without autograd (the model's train/eval mode is restored afterwards);
+    `amp_dtype` (e.g. torch.bfloat16) enables autocast on the input's device. The output is not
+    clamped; the metrics quantise it like a saved PNG.
+    """
+    if lr.ndim != 4:
+        raise ValueError(f"super_resolve expects a (B, 3, h, w) tensor, got shape {tuple(lr.shape)}")
+    forward: Forward = model
+    if self_ensemble:
+        forward = ensemble_x8(forward)
+    if tile is not None:
+        forward = tiled(forward, tile, tile_overlap, scale or model_scale(model))
+    autocast = torch.autocast(lr.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast:
+            return forward(lr).float()
+    finally:
+        model.train(was_training)
