@@ -1,0 +1,203 @@
+"""Upscale photos with a trained model: `python -m dukd_ray.upscale --checkpoint CKPT INPUT... --out DIR`.
+
+Why: distillation exists to deploy the student, so applying a run's `.pth` to a folder of photos
+must be one command. Inputs and output may be local paths or any fsspec URL; every result is
+written atomically as soon as it is ready, and one bad image is reported by name and skipped
+without losing the others (the exit status says something was skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dukd_ray.data.imageio import IMAGE_SUFFIXES, read_image, write_png
+from dukd_ray.eval.inference import super_resolve
+from dukd_ray.models import ARCHS, PRESET_NAMES, CheckpointError, build_from_checkpoint
+from dukd_ray.storage import StorageError, get_fs, join, redact_url
+
+
+@dataclass(frozen=True)
+class UpscaleTask:
+    """One image to upscale: where it is read from and where its PNG goes."""
+
+    source: str
+    dest: str
+
+
+def image_to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """RGB uint8 HWC -> float32 (1, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(img).permute(2, 0, 1).float().div(255.0).unsqueeze(0).to(device)
+
+
+def tensor_to_image(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) in [0, 1] -> RGB uint8 HWC, rounded as the SR metrics convention does."""
+    x = x.detach().float().clamp(0.0, 1.0).mul(255.0).round()
+    return x[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+
+
+def find_images(
+    inputs: Sequence[str], out: str, storage_options: dict[str, Any] | None = None
+) -> list[UpscaleTask]:
+    """Expand files and folders (searched recursively for image suffixes) into tasks writing `<stem>.png`.
+
+    A folder's sub-folders are kept under `out`. Two inputs that would write the same PNG are an
+    error before anything runs, so no result silently overwrites another.
+    """
+    tasks: list[UpscaleTask] = []
+    for inp in inputs:
+        fs, path = get_fs(inp, storage_options)
+        if fs.isdir(path):
+            base = path.rstrip("/")
+            found = sorted(p for p in fs.find(base) if _is_image_name(p))
+            if not found:
+                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {redact_url(inp)}")
+            for p in found:
+                rel = p[len(base) :].lstrip("/")
+                tasks.append(UpscaleTask(join(inp, rel), join(out, _png_name(rel))))
+        elif fs.isfile(path):
+            tasks.append(UpscaleTask(inp, join(out, _png_name(posixpath.basename(path)))))
+        else:
+            raise FileNotFoundError(f"input not found: {redact_url(inp)}")
+    by_dest: dict[str, str] = {}
+    for t in tasks:
+        if t.dest in by_dest:
+            raise ValueError(
+                f"{redact_url(by_dest[t.dest])} and {redact_url(t.source)} would both be written to "
+                f"{redact_url(t.dest)}; rename one or upscale them into different --out folders"
+            )
+        by_dest[t.dest] = t.source
+    return tasks
+
+
+def _is_image_name(path: str) -> bool:
+    name = posixpath.basename(path)
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _png_name(rel: str) -> str:
+    return posixpath.splitext(rel)[0] + ".png"
+
+
+def upscale_image(
+    model: nn.Module,
+    img: np.ndarray,
+    tile: int | None = None,
+    tile_overlap: int = 32,
+    self_ensemble: bool = False,
+    amp: bool = False,
+) -> np.ndarray:
+    """Super-resolve one RGB uint8 image with `model` (on its own device); bf16 autocast if `amp`."""
+    lr = image_to_tensor(img, next(model.parameters()).device)
+    amp_dtype = torch.bfloat16 if amp else None
+    with torch.inference_mode():
+        sr = super_resolve(model, lr, self_ensemble, tile, tile_overlap, amp_dtype=amp_dtype)
+    return tensor_to_image(sr)
+
+
+def upscale_all(
+    model: nn.Module,
+    tasks: Sequence[UpscaleTask],
+    tile: int | None = None,
+    tile_overlap: int = 32,
+    self_ensemble: bool = False,
+    amp: bool = False,
+    storage_options: dict[str, Any] | None = None,
+) -> list[tuple[str, str]]:
+    """Upscale every task, writing each PNG as soon as it is ready; returns (source, reason) of skipped ones.
+
+    Per-image problems (corrupt or missing file, too small, out of memory) skip that image only;
+    a failing write is not per-image (the destination is unreachable) and stops the run.
+    """
+    failures: list[tuple[str, str]] = []
+    bar = tqdm(tasks, desc="upscaling", unit="img", file=sys.stderr)
+    for task in bar:
+        name = redact_url(task.source)
+        bar.set_postfix_str(posixpath.basename(name))
+        try:
+            img = read_image(task.source, storage_options)
+            sr = upscale_image(model, img, tile, tile_overlap, self_ensemble, amp)
+        except torch.OutOfMemoryError:
+            reason = "out of memory (try --tile 256, or a smaller tile)"
+        except (ValueError, FileNotFoundError) as e:  # ImageDecodeError is a ValueError
+            reason = str(e)
+        else:
+            write_png(task.dest, sr, storage_options)
+            continue
+        failures.append((name, reason))
+        tqdm.write(f"skipped {name}: {reason}", file=sys.stderr)
+    return failures
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dukd_ray.upscale",
+        description="Upscale PNG/JPEG images (files or folders, local paths or URLs) with an SR model.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    p.add_argument(
+        "--checkpoint", required=True, help=".pth/.safetensors from a run, or a foreign checkpoint"
+    )
+    p.add_argument("--out", required=True, help="output folder (local or URL); PNGs named after the inputs")
+    p.add_argument("--arch", choices=sorted(ARCHS), help="only for foreign checkpoints (ours carry it)")
+    p.add_argument("--scale", type=int, help="only for foreign checkpoints (ours carry it)")
+    p.add_argument("--preset", choices=PRESET_NAMES, help="model size of a foreign checkpoint")
+    p.add_argument(
+        "--tile", type=int, help="run in tiles of N LR pixels (for images that don't fit in memory)"
+    )
+    p.add_argument("--tile-overlap", type=int, default=32, help="LR pixels shared by neighbouring tiles")
+    p.add_argument(
+        "--self-ensemble", action="store_true", help="average the 8 flip/transpose variants (x8 time)"
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns 0 if every image was written, 1 if some were skipped, 2 on a setup error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    if args.amp and device.type != "cuda":
+        parser.error(f"--amp (bfloat16) needs a CUDA device, got --device {args.device} -> {device}")
+    if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
+        parser.error(
+            f"need --tile > --tile-overlap >= 0, got --tile {args.tile} --tile-overlap {args.tile_overlap}"
+        )
+    try:
+        model = build_from_checkpoint(args.checkpoint, arch=args.arch, scale=args.scale, preset=args.preset)
+        tasks = find_images(args.inputs, args.out)
+    except (CheckpointError, FileNotFoundError, ValueError, StorageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    model = model.to(device).eval()
+    failures = upscale_all(model, tasks, args.tile, args.tile_overlap, args.self_ensemble, args.amp)
+    written = len(tasks) - len(failures)
+    print(f"wrote {written} of {len(tasks)} images to {redact_url(args.out)}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} image(s) skipped:", file=sys.stderr)
+        for name, reason in failures:
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
