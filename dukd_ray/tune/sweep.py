@@ -1,0 +1,385 @@
+"""A Ray Tune sweep of DUKD settings: one Ray Train run (a `TorchTrainer`) per trial.
+
+Why a TorchTrainer per trial rather than the worker loop inside the trial: each trial then trains exactly
+as `jobs/edsr_x4.py` does (same `build_trainer`, checkpoints, fault tolerance, multi-worker DDP with
+`--workers-per-trial`), which is the Train V2 + Tune pattern Ray documents. The trial function is only a
+driver: it asks Tune for `{"cpu": 0.01}` (Tune rejects an empty request) and the workers ask Ray Train
+for their CPUs/GPUs through the ScalingConfig; `TuneReportCallback` forwards every validation report
+(`step`, `val_psnr`, ...) to Tune, so ASHA can stop a trial at any validation.
+
+Layout under `<storage>/<name>/`: Tune's experiment (trial folders, `experiment_state`), `sweep.json`
+(the settings, checked on `--resume`), `train_runs/<trial_id>/` (each trial's Train run), and `summary/`
+(`trials.csv`, `trials.md`, `val_psnr.png`, `best_config.yaml`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
+
+from dukd_ray import storage
+from dukd_ray.train.config import SECTIONS, JobConfig
+from dukd_ray.tune import results
+from dukd_ray.tune.space import PAPER_POINT, SearchSpace, SpaceError, check_values, parse_space
+
+log = logging.getLogger(__name__)
+
+SEARCHES = ("random", "optuna")
+SCHEDULERS = ("asha", "pbt", "fifo")
+METRIC, MODE, TIME_ATTR = "val_psnr", "max", "step"
+SPEC_FILE = "sweep.json"
+TRAIN_RUNS = "train_runs"
+SUMMARY = "summary"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+FIELDS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in SECTIONS.items()}
+
+
+class SweepError(ValueError):
+    """The sweep settings are inconsistent (or don't match the sweep being resumed)."""
+
+
+@dataclass
+class SweepSpec:
+    """Everything that defines a sweep: the job config every trial starts from, the space, the search.
+
+    Saved as `sweep.json` next to the experiment; `--resume` must describe the same sweep.
+    """
+
+    base: dict[str, Any]  # JobConfig.to_dict(): train.max_steps is each trial's budget
+    space_text: str  # the space file's YAML, kept verbatim
+    space_source: str
+    storage: str  # the sweep lives at <storage>/<name>
+    name: str
+    num_samples: int = 8
+    workers_per_trial: int = 1
+    gpus_per_trial: float = 0.0
+    search: str = "random"
+    scheduler: str = "asha"
+    grace_period: int | None = None  # steps before ASHA may stop a trial; None: one validation interval
+    reduction_factor: float = 3.0
+    max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs hold
+    seed: int | None = None  # None: the base config's train.seed
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return storage.join(self.storage, self.name)
+
+    def comparable(self) -> dict[str, Any]:
+        """What must match on resume (credentials never go to the spec file)."""
+        out = dataclasses.asdict(self)
+        out.pop("storage_options")
+        out["base"] = JobConfig.from_dict(self.base).redacted_dict()
+        return out
+
+
+@dataclass
+class SweepOutcome:
+    """Where the sweep and its summary are, and what each trial did."""
+
+    url: str
+    records: list[results.TrialRecord]
+    files: dict[str, str]
+
+
+def builtin_space(name: str) -> str:
+    """Path of a space shipped with the package (`default`, `paper_rows`)."""
+    return str(resources.files("dukd_ray.tune").joinpath("spaces", f"{name}.yaml"))
+
+
+def builtin_space_names() -> list[str]:
+    folder = resources.files("dukd_ray.tune").joinpath("spaces")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_space_text(space: str, storage_options: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(YAML text, source name) of a shipped space name or a space file URL."""
+    source = builtin_space(space) if space in builtin_space_names() else space
+    try:
+        return storage.read_bytes(source, storage_options).decode("utf-8"), storage.redact_url(source)
+    except FileNotFoundError:
+        known = ", ".join(builtin_space_names())
+        raise SpaceError(
+            f"search space not found: {storage.redact_url(space)} (shipped spaces: {known})"
+        ) from None
+
+
+def resolve_start(space: SearchSpace, base: JobConfig) -> list[dict[str, Any]]:
+    """Start points as full points (every searched key); keys a point leaves out keep the base value.
+
+    `paper` is the paper's row for the base config's arch and scale (dukd.md). Raises SpaceError when a
+    filled-in value lies outside the space or the job config rejects the point.
+    """
+    base_values = _values(base)
+    paper = _values(
+        dataclasses.replace(base, distill=type(base.distill).paper(base.model.arch, base.model.scale))
+    )
+    points = []
+    for i, point in enumerate(space.start, 1):
+        given = {k: paper[k] for k in space.keys} if point == PAPER_POINT else dict(point)
+        full = {k: given.get(k, base_values[k]) for k in space.keys}
+        for p in space.params:
+            if not p.contains(full[p.key]):
+                raise SpaceError(
+                    f"{space.source}: start point {i} ({point if point == PAPER_POINT else 'a mapping'}): "
+                    f"{p.key}={full[p.key]!r} is outside its search space"
+                )
+        try:
+            JobConfig.from_dict({**space.constants, **full}, base=base)
+        except ValueError as e:
+            raise SpaceError(f"{space.source}: start point {i} is rejected by the job config: {e}") from None
+        points.append(full)
+    return points
+
+
+def prepare(spec: SweepSpec) -> tuple[JobConfig, SearchSpace, list[dict[str, Any]]]:
+    """Check every setting and the space against the job config, before Ray starts anything."""
+    _check_settings(spec)
+    base = JobConfig.from_dict(spec.base)
+    space = parse_space(spec.space_text, FIELDS, source=spec.space_source)
+    check_values(space, lambda values: JobConfig.from_dict(values, base=base))
+    base = JobConfig.from_dict(space.constants, base=base)
+    points = resolve_start(space, base)
+    if spec.search == "optuna" and space.has_grid:
+        raise SweepError(f"{space.source}: 'grid' cannot be used with --search optuna (use 'choice')")
+    if spec.search == "random" and space.has_grid and points:
+        raise SweepError(f"{space.source}: 'start' points cannot be combined with 'grid' keys")
+    return base, space, points
+
+
+def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[Any] = ()) -> SweepOutcome:
+    """Run (or, with `resume`, continue) the sweep, then write its summary; returns where everything is."""
+    base, space, points = prepare(spec)
+    import ray
+    from ray import tune
+
+    tune_path, tune_fs = _tune_storage(spec.url, spec.storage_options)
+    spec_url = storage.join(spec.url, SPEC_FILE)
+    exists = tune.Tuner.can_restore(tune_path, storage_filesystem=tune_fs)
+    if resume:
+        _check_resume(spec, spec_url, exists)
+    elif exists or storage.exists(spec_url, spec.storage_options):
+        raise SweepError(
+            f"a sweep named {spec.name!r} already exists at {storage.redact_url(spec.url)}: "
+            "pass --resume to continue it, or choose another --name"
+        )
+    else:
+        storage.write_bytes_atomic(
+            spec_url, json.dumps(spec.comparable(), indent=2).encode(), spec.storage_options
+        )
+
+    if not ray.is_initialized():
+        ray.init()
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial_driver, base=base.to_dict(), space_text=spec.space_text, spec_url=spec.url
+        ),
+        {"cpu": 0.01},
+    )
+    if resume:
+        log.info("resuming the sweep at %s", storage.redact_url(spec.url))
+        tuner = tune.Tuner.restore(
+            tune_path, trainable=trainable, resume_errored=True, storage_filesystem=tune_fs
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.to_tune(),
+            tune_config=_tune_config(spec, base, space, points),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=tune_path,
+                storage_filesystem=tune_fs,
+                callbacks=list(tune_callbacks),
+                failure_config=tune.FailureConfig(max_failures=0),  # Ray Train already retries workers
+                verbose=1,
+            ),
+        )
+    tuner.fit()
+    return summarize(spec, space=space)
+
+
+def summarize(spec: SweepSpec, space: SearchSpace | None = None) -> SweepOutcome:
+    """(Re)write the summary from what is in storage: works for finished and interrupted sweeps."""
+    from ray.tune import ExperimentAnalysis
+
+    space = space or parse_space(spec.space_text, FIELDS, source=spec.space_source)
+    tune_path, tune_fs = _tune_storage(spec.url, spec.storage_options)
+    analysis = ExperimentAnalysis(tune_path, storage_filesystem=tune_fs)
+    records = [_record(trial, space, analysis) for trial in analysis.trials]
+    base = JobConfig.from_dict(space.constants, base=JobConfig.from_dict(spec.base))
+    ranked = [r for r in results.rank(records) if r.best is not None]
+    best_yaml = _best_config_yaml(base, ranked[0], spec.name) if ranked else None
+    files = results.write_summary(
+        records,
+        storage.join(spec.url, SUMMARY),
+        max_steps=base.train.max_steps,
+        best_config_yaml=best_yaml,
+        title=f"{spec.name}: val PSNR per trial",
+        storage_options=spec.storage_options,
+    )
+    return SweepOutcome(url=spec.url, records=records, files=files)
+
+
+def _trial_driver(config: dict[str, Any], base: dict[str, Any], space_text: str, spec_url: str) -> None:
+    """One trial: the base job config + this trial's values, trained by the job's own TorchTrainer."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from dukd_ray.train.trainer import build_trainer
+
+    space = parse_space(space_text, FIELDS)
+    cfg = JobConfig.from_dict(space.decode(config), base=JobConfig.from_dict(base))
+    cfg.run.storage = storage.join(spec_url, TRAIN_RUNS)
+    cfg.run.name = tune.get_context().get_trial_id()  # same name on resume: Train continues that run
+    build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+
+
+def _tune_config(spec: SweepSpec, base: JobConfig, space: SearchSpace, points: list[dict[str, Any]]) -> Any:
+    from ray import tune
+
+    seed = base.train.seed if spec.seed is None else spec.seed
+    if spec.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        flat = [{f"{k.replace('.', '/')}": v for k, v in _flat_encoded(space, p).items()} for p in points]
+        search_alg = OptunaSearch(points_to_evaluate=flat or None, seed=seed)
+    else:
+        from ray.tune.search import BasicVariantGenerator
+
+        encoded = [space.encode_point(p) for p in points]
+        search_alg = BasicVariantGenerator(points_to_evaluate=encoded or None, random_state=seed)
+    return tune.TuneConfig(
+        metric=METRIC,
+        mode=MODE,
+        search_alg=search_alg,
+        scheduler=_scheduler(spec, base, space),
+        num_samples=spec.num_samples,
+        max_concurrent_trials=spec.max_concurrent or _fitting_trials(spec),
+        trial_dirname_creator=lambda trial: trial.trial_id,
+    )
+
+
+def _scheduler(spec: SweepSpec, base: JobConfig, space: SearchSpace) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler == "fifo":
+        return FIFOScheduler()
+    grace = spec.grace_period or base.train.val_every
+    if spec.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr=TIME_ATTR,
+            max_t=base.train.max_steps,
+            grace_period=grace,
+            reduction_factor=spec.reduction_factor,
+        )
+    raise SweepError(f"unknown scheduler {spec.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
+
+
+def _fitting_trials(spec: SweepSpec) -> int:
+    """How many trials' workers the cluster holds at once; more would only queue Train runs in drivers.
+
+    (Ray's Train + Tune guide: set max_concurrent_trials from the limiting resource.)
+    """
+    import ray
+
+    total = ray.cluster_resources()
+    if spec.gpus_per_trial > 0:
+        return max(1, math.floor(total.get("GPU", 0) / spec.gpus_per_trial + 1e-9))
+    return max(1, math.floor(total.get("CPU", 1) / spec.workers_per_trial))
+
+
+def _check_settings(spec: SweepSpec) -> None:
+    if spec.search not in SEARCHES:
+        raise SweepError(f"--search: expected one of {', '.join(SEARCHES)}, got {spec.search!r}")
+    if spec.scheduler not in SCHEDULERS:
+        raise SweepError(f"--scheduler: expected one of {', '.join(SCHEDULERS)}, got {spec.scheduler!r}")
+    if spec.num_samples < 1:
+        raise SweepError(f"--num-samples: expected an integer >= 1, got {spec.num_samples}")
+    if spec.workers_per_trial < 1:
+        raise SweepError(f"--workers-per-trial: expected an integer >= 1, got {spec.workers_per_trial}")
+    if spec.reduction_factor <= 1:
+        raise SweepError(f"--reduction-factor: expected a number > 1, got {spec.reduction_factor}")
+    if spec.grace_period is not None and spec.grace_period < 1:
+        raise SweepError(f"--grace-period: expected an integer >= 1 (steps), got {spec.grace_period}")
+    g, w = spec.gpus_per_trial, spec.workers_per_trial
+    if g < 0 or (0 < g < 1 and w > 1) or (g >= 1 and g != w):
+        raise SweepError(
+            f"--gpus-per-trial {g} with --workers-per-trial {w}: use 0 (CPU), a fraction with one worker "
+            "(trials share a GPU), or one GPU per worker (equal to --workers-per-trial); DDP ranks cannot "
+            "share a GPU"
+        )
+    if not _NAME_RE.match(spec.name):
+        raise SweepError(f"--name: expected a name of letters, digits, '.', '_', '-', got {spec.name!r}")
+
+
+def _check_resume(spec: SweepSpec, spec_url: str, exists: bool) -> None:
+    if not exists:
+        raise SweepError(f"--resume: no sweep to resume at {storage.redact_url(spec.url)}")
+    try:
+        saved = json.loads(storage.read_bytes(spec_url, spec.storage_options))
+    except FileNotFoundError:
+        raise SweepError(
+            f"--resume: {storage.redact_url(spec_url)} is missing; was this sweep made here?"
+        ) from None
+    now = json.loads(json.dumps(spec.comparable()))
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        raise SweepError(
+            f"--resume: the sweep at {storage.redact_url(spec.url)} was started with different settings "
+            f"({', '.join(diff)}); rerun the original command with --resume"
+        )
+
+
+def _tune_storage(url: str, storage_options: dict[str, Any] | None) -> tuple[str, Any]:
+    """Tune's (storage path, pyarrow filesystem) for any fsspec URL: local paths go as they are, other
+    filesystems through pyarrow's fsspec handler (Tune takes pyarrow filesystems only)."""
+    fs, path = storage.get_fs(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        return os.path.abspath(os.path.expanduser(path)), None
+    import pyarrow.fs
+
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def _values(cfg: JobConfig) -> dict[str, Any]:
+    """`section.field` -> value of a config, as plain YAML values."""
+    return {f"{s}.{k}": v for s, body in cfg.to_dict().items() for k, v in body.items()}
+
+
+def _flat_encoded(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, body in space.encode_point(point).items() for k, v in body.items()}
+
+
+def _record(trial: Any, space: SearchSpace, analysis: Any) -> results.TrialRecord:
+    from ray.tune.experiment import Trial
+
+    df = analysis.trial_dataframes.get(trial.trial_id)
+    history: list[tuple[int, float]] = []
+    if df is not None and METRIC in df and TIME_ATTR in df:
+        rows = df[[TIME_ATTR, METRIC]].dropna(subset=[TIME_ATTR])
+        history = [(int(s), float(v)) for s, v in rows.itertuples(index=False)]
+    status = {Trial.TERMINATED: "terminated", Trial.ERROR: "error"}.get(trial.status, "unfinished")
+    return results.TrialRecord(trial.trial_id, space.decode(trial.config), history, status)
+
+
+def _best_config_yaml(base: JobConfig, best: results.TrialRecord, sweep_name: str) -> str:
+    """The best trial's full job config, validated, ready for `jobs/<preset>.py --config FILE`."""
+    cfg = JobConfig.from_dict(best.params, base=base)
+    cfg.run.name = None  # a fresh run, not the trial's (that one lives under the sweep)
+    header = (
+        f"# best trial {best.trial_id} of sweep {sweep_name}: val_psnr {best.best[1]:.4f} dB at step "
+        f"{best.best[0]}\n# run it: python jobs/{cfg.model.arch}_x{cfg.model.scale}.py --config THIS_FILE "
+        "(add --max-steps N for a longer run)\n"
+    )
+    return header + cfg.to_yaml()
