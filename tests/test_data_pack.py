@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def read_all_records(prefix: str, storage_options=None) -> list[tuple[str, np.nd
     out = []
     for info in manifest.shards:
         url = join(prefix, info.name)
-        data = fs.cat_file(url) if fs else open(url, "rb").read()
+        data = fs.cat_file(url) if fs else Path(url).read_bytes()
         assert len(data) == info.bytes and hashlib.sha256(data).hexdigest() == info.sha256
         for rec in decode_header(data[: header_length(data, url)], url):
             hr, lr = decode_record(data, rec.offset, rec, url)
@@ -81,7 +82,7 @@ def test_pack_local_to_local_stores_exact_basicsr_crops(sample_data, tmp_path):
         assert hr.shape == (CROP, CROP, 3) and lr.shape == (CROP // SCALE, CROP // SCALE, 3), name
         np.testing.assert_array_equal(hr, hr_want, err_msg=name)
         np.testing.assert_array_equal(lr, lr_want, err_msg=name)
-    body = json.loads(open(os.path.join(dst, "manifest.json")).read())
+    body = json.loads(Path(dst, "manifest.json").read_bytes())
     assert body["version"] == FORMAT_VERSION and body["scale"] == SCALE
     assert body["num_records"] == len(want) == sum(s["records"] for s in body["shards"])
     assert body["hr_shapes"] == {f"{CROP}x{CROP}": len(want)}
@@ -147,12 +148,12 @@ def test_pack_same_as_fresh_after_resume_local(sample_data, tmp_path):
     src = str(tmp_path / "src")
     shutil.copytree(sample_data.train_url, src)
     pack(src, fresh, SCALE, CROP, STEP, shard_size_mb=0.4, progress=False)
-    victim = os.path.join(src, "DIV2K_train_LR_bicubic", f"X{SCALE}", "0004x4.png")
-    data = open(victim, "rb").read()
-    open(victim, "wb").write(data[:100])
+    victim = Path(src, "DIV2K_train_LR_bicubic", f"X{SCALE}", "0004x4.png")
+    data = victim.read_bytes()
+    victim.write_bytes(data[:100])
     with pytest.raises(ValueError, match="0004x4.png"):
         pack(src, resumed, SCALE, CROP, STEP, shard_size_mb=0.4, progress=False)
-    open(victim, "wb").write(data)
+    victim.write_bytes(data)
     pack(src, resumed, SCALE, CROP, STEP, shard_size_mb=0.4, progress=False)
     a, b = load_manifest(fresh), load_manifest(resumed)
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
