@@ -1,0 +1,208 @@
+"""Benchmark sets in EDSR's `benchmark` layout, from any fsspec URL, and PSNR/SSIM over them.
+
+Layout: `<root>/<Set>/HR/<name>.png` and `<root>/<Set>/LR_bicubic/X{s}/<name>x{s}.png`. HR images
+are mod-cropped to a multiple of the scale; a pair whose sizes still disagree is an error, not a
+silently skewed score. Scores are image-level means over a set (the literature's convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dukd_ray.data.imageio import IMAGE_SUFFIXES, read_image
+from dukd_ray.eval.inference import super_resolve
+from dukd_ray.eval.metrics import psnr, ssim, to_uint8_hwc
+from dukd_ray.eval.resize import imresize
+from dukd_ray.storage import get_fs, join, redact_url, with_retries
+
+# Names the same set goes by in different benchmark packs.
+SET_ALIASES: dict[str, tuple[str, ...]] = {
+    "b100": ("B100", "BSD100", "BSDS100"),
+    "bsd100": ("B100", "BSD100", "BSDS100"),
+    "bsds100": ("B100", "BSD100", "BSDS100"),
+}
+
+SetScores = dict[str, Any]  # {"psnr": float, "ssim": float, "images": {name: {"psnr", "ssim"}}}
+
+
+class BenchmarkDataError(FileNotFoundError):
+    """A benchmark set, HR or LR file is missing, or an LR/HR pair has inconsistent sizes."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One test image: `lr` and `hr` RGB uint8 HWC, `hr` mod-cropped so that hr = scale x lr in size."""
+
+    name: str
+    lr: np.ndarray
+    hr: np.ndarray
+
+
+def _list_dirs(fs: Any, path: str, url: str) -> list[str]:
+    try:
+        entries = with_retries(lambda: fs.ls(path, detail=True), url)
+    except FileNotFoundError:
+        return []
+    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+
+
+def list_sets(root_url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The set folders under a benchmark root (those with an `HR` folder)."""
+    fs, root_path = get_fs(root_url, storage_options)
+    return [
+        d for d in _list_dirs(fs, root_path, root_url) if "HR" in _list_dirs(fs, join(root_path, d), root_url)
+    ]
+
+
+def _resolve_set(fs: Any, root_path: str, root_url: str, name: str) -> str:
+    """The folder name of set `name` under the root, trying known aliases; error lists what exists."""
+    available = _list_dirs(fs, root_path, root_url)
+    for candidate in (name, *SET_ALIASES.get(name.lower(), ())):
+        if candidate in available:
+            return candidate
+    raise BenchmarkDataError(
+        f"benchmark set {name!r} not found under {redact_url(root_url)} "
+        f"(sets there: {', '.join(available) or 'none'})"
+    )
+
+
+def load_pair(
+    set_url: str, name: str, hr_url: str, scale: int, storage_options: dict[str, Any] | None
+) -> Pair:
+    """Read one LR/HR pair, mod-crop the HR and check HR = scale x LR (errors name both files)."""
+    lr_url = join(set_url, "LR_bicubic", f"X{scale}", f"{name}x{scale}.png")
+    try:
+        lr = read_image(lr_url, storage_options)
+    except FileNotFoundError:
+        raise BenchmarkDataError(
+            f"missing LR image {redact_url(lr_url)} for HR {redact_url(hr_url)}"
+        ) from None
+    hr = read_image(hr_url, storage_options)
+    hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
+    if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
+        raise BenchmarkDataError(
+            f"LR/HR size mismatch at x{scale}: LR {redact_url(lr_url)} is {lr.shape[0]}x{lr.shape[1]}, "
+            f"HR {redact_url(hr_url)} is {hr.shape[0]}x{hr.shape[1]} after mod-crop "
+            f"(expected {lr.shape[0] * scale}x{lr.shape[1] * scale})"
+        )
+    return Pair(name, np.ascontiguousarray(lr), np.ascontiguousarray(hr))
+
+
+def load_benchmark_sets(
+    root_url: str, set_names: Sequence[str], scale: int, storage_options: dict[str, Any] | None = None
+) -> dict[str, list[Pair]]:
+    """Load the named sets (keys as requested, e.g. `B100` even if the folder is `BSDS100`)."""
+    fs, root_path = get_fs(root_url, storage_options)
+    sets: dict[str, list[Pair]] = {}
+    for name in set_names:
+        folder = _resolve_set(fs, root_path, root_url, name)
+        set_url, hr_dir, hr_path = (
+            join(root_url, folder),
+            join(root_url, folder, "HR"),
+            join(root_path, folder, "HR"),
+        )
+        try:
+            files = sorted(with_retries(lambda p=hr_path: fs.ls(p, detail=False), hr_dir))
+        except FileNotFoundError:
+            files = []
+        images = [f.rsplit("/", 1)[-1] for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+        if not images:
+            raise BenchmarkDataError(f"no HR images in {redact_url(hr_dir)}")
+        sets[name] = [
+            load_pair(set_url, img.rsplit(".", 1)[0], join(hr_dir, img), scale, storage_options)
+            for img in images
+        ]
+    return sets
+
+
+def _to_tensor(img: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    return torch.from_numpy(img.copy()).permute(2, 0, 1)[None].to(device=device, dtype=torch.float32) / 255.0
+
+
+def _score(sr: np.ndarray, pair: Pair, scale: int) -> tuple[float, float]:
+    if sr.shape != pair.hr.shape:
+        raise ValueError(
+            f"{pair.name}: output is {sr.shape}, HR is {pair.hr.shape} (wrong scale for this model?)"
+        )
+    return psnr(sr, pair.hr, crop_border=scale), ssim(sr, pair.hr, crop_border=scale)
+
+
+def evaluate_pair(
+    model: nn.Module,
+    pair: Pair,
+    scale: int,
+    device: torch.device | str,
+    self_ensemble: bool = False,
+    tile: int | None = None,
+    tile_overlap: int = 32,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[float, float, np.ndarray]:
+    """Super-resolve one pair on `device`: (PSNR-Y, SSIM-Y, SR as RGB uint8 HWC), border `scale` cropped."""
+    model.to(device)
+    lr = _to_tensor(pair.lr, device)
+    out = super_resolve(model, lr, self_ensemble, tile, tile_overlap, scale=scale, amp_dtype=amp_dtype)
+    sr = to_uint8_hwc(out[0])
+    return (*_score(sr, pair, scale), sr)
+
+
+def bicubic_pair(pair: Pair, scale: int) -> tuple[float, float, np.ndarray]:
+    """The bicubic baseline for one pair: LR upscaled with MATLAB bicubic, scored like a model."""
+    sr = to_uint8_hwc(imresize(_to_tensor(pair.lr, "cpu")[0], scale))
+    return (*_score(sr, pair, scale), sr)
+
+
+def _evaluate(
+    sets: dict[str, list[Pair]],
+    one: Callable[[Pair], tuple[float, float, np.ndarray]],
+    progress: bool,
+    desc: str,
+) -> dict[str, SetScores]:
+    results: dict[str, SetScores] = {}
+    bar = tqdm(
+        total=sum(len(p) for p in sets.values()), desc=desc, unit="img", disable=not progress, leave=False
+    )
+    for set_name, pairs in sets.items():
+        images = {}
+        for pair in pairs:
+            bar.set_postfix_str(f"{set_name}/{pair.name}")
+            p, s, _ = one(pair)
+            images[pair.name] = {"psnr": p, "ssim": s}
+            bar.update()
+        results[set_name] = {
+            "psnr": float(np.mean([v["psnr"] for v in images.values()])),
+            "ssim": float(np.mean([v["ssim"] for v in images.values()])),
+            "images": images,
+        }
+    bar.close()
+    return results
+
+
+def evaluate_sets(
+    model: nn.Module,
+    sets: dict[str, list[Pair]],
+    scale: int,
+    device: torch.device | str,
+    self_ensemble: bool = False,
+    tile: int | None = None,
+    tile_overlap: int = 32,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> dict[str, SetScores]:
+    """PSNR/SSIM (Y channel) of `model` on every set: per-image scores and their means per set."""
+
+    def one(pair: Pair) -> tuple[float, float, np.ndarray]:
+        return evaluate_pair(model, pair, scale, device, self_ensemble, tile, tile_overlap, amp_dtype)
+
+    return _evaluate(sets, one, progress, "eval")
+
+
+def evaluate_bicubic(sets: dict[str, list[Pair]], scale: int, progress: bool = False) -> dict[str, SetScores]:
+    """The same scores for MATLAB-bicubic upscaling of the LR images (the baseline row of SR tables)."""
+    return _evaluate(sets, lambda pair: bicubic_pair(pair, scale), progress, "bicubic")
