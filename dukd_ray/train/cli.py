@@ -1,0 +1,123 @@
+"""The job CLI every `jobs/*.py` shares: a preset name in, a trained student (and a report) out.
+
+Precedence, lowest first: the preset (`--tiny` for the smoke-test sizes), `--config FILE` (a full
+config or a partial one, e.g. a sweep's best config), the flags, then `--set section.key=value`.
+Every bad key or value, teacher, data set or storage location is reported before Ray starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from dukd_ray.distill import DistillConfig
+from dukd_ray.storage import redact_url
+from dukd_ray.train.config import ConfigError, JobConfig
+from dukd_ray.train.preflight import InputError
+from dukd_ray.train.trainer import TrainResult, run_training
+
+METHODS = ("scratch", "kd", "dukd")
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument(
+        "--data", help="training data: shard prefix or DIV2K-layout root (default: embedded sample)"
+    )
+    p.add_argument(
+        "--val-data", help="benchmark-layout root; all its sets, or --set data.val_sets=[Set5,Urban100]"
+    )
+    p.add_argument("--teacher", help="teacher checkpoint URL (.pth or .safetensors)")
+    p.add_argument("--student-init", help="initial student weights (non-strict load, e.g. the x2 student)")
+    p.add_argument("--storage", help="where run folders go: local dir or fsspec URL (default ~/dukd_runs)")
+    p.add_argument(
+        "--name", help="run name; an existing <storage>/<name> is resumed from its latest checkpoint"
+    )
+    p.add_argument("--num-workers", type=int, help="Ray Train workers (one GPU each when GPUs exist)")
+    p.add_argument("--no-gpu", action="store_true", help="train on CPU workers even if GPUs exist")
+    p.add_argument("--max-steps", type=int, help="training iterations")
+    p.add_argument("--batch-size", type=int, help="patches per worker per step")
+    p.add_argument("--method", choices=METHODS, help="objective (default: dukd, or scratch for a teacher)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, repeatable"
+    )
+    p.add_argument("--config", help="YAML config (full, or partial overrides) applied before the flags")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on GPU workers")
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny nets and short patches: a CPU smoke run in a minute"
+    )
+    return p
+
+
+def apply_args(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
+    """`--config`, then the flags and `--set` together (so e.g. --val-data and data.val_sets agree)."""
+    if args.config:
+        cfg.update_from_yaml(args.config)
+    flags: dict[str, Any] = {
+        "data.train": args.data,
+        "data.val": args.val_data,
+        "model.teacher": args.teacher,
+        "model.student_init": args.student_init,
+        "run.storage": args.storage,
+        "run.name": args.name,
+        "run.num_workers": args.num_workers,
+        "train.max_steps": args.max_steps,
+        "data.batch_size": args.batch_size,
+        "distill.method": args.method,
+        "run.use_gpu": False if args.no_gpu else None,
+        "train.amp": True if args.amp else None,
+    }
+    values = {k: v for k, v in flags.items() if v is not None}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=2e-4")
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    if args.val_data and "data.val_sets" not in values:
+        values["data.val_sets"] = None  # every set under the new root, not those of an earlier config
+    return JobConfig.from_dict(values, base=cfg)
+
+
+def main(preset: str, argv: Sequence[str] | None = None) -> TrainResult:
+    """`python jobs/<preset>.py [flags]`: distil the preset's student from its teacher."""
+    parser = build_parser(f"Distil the {preset} student (DUKD paper config) on Ray Train.")
+    args = parser.parse_args(argv)
+    return _run(parser, lambda: apply_args(JobConfig.from_preset(preset, tiny=args.tiny), args))
+
+
+def main_teacher(argv: Sequence[str] | None = None) -> TrainResult:
+    """`python jobs/train_teacher.py --arch edsr --scale 4 [flags]`: train a teacher from scratch."""
+    parser = build_parser("Train a teacher from scratch on Ray Train (for custom data or missing weights).")
+    parser.add_argument("--arch", required=True, choices=("edsr", "rcan", "swinir"))
+    parser.add_argument("--scale", required=True, type=int, choices=(2, 3, 4))
+    args = parser.parse_args(argv)
+
+    def config() -> JobConfig:
+        cfg = JobConfig.from_preset(f"{args.arch}_x{args.scale}", tiny=args.tiny)
+        cfg.model.student_preset, cfg.model.student_kwargs = (
+            cfg.model.teacher_preset,
+            cfg.model.teacher_kwargs,
+        )
+        cfg.distill, cfg.run.export_name = DistillConfig(method="scratch"), "teacher"
+        return apply_args(cfg, args)
+
+    return _run(parser, config)
+
+
+def _run(parser: argparse.ArgumentParser, config: Any) -> TrainResult:
+    """Build the config and train; config/input errors exit with status 2 and one clear line."""
+    try:
+        cfg = config()
+        result = run_training(cfg)
+    except (ConfigError, InputError) as e:
+        parser.exit(2, f"error: {e}\n")
+    psnr, where = result.metrics["val_psnr"], redact_url(result.run_url)
+    print(f"[dukd] done: {result.step} steps, val_psnr {psnr:.2f} dB (EMA weights) in {where}")
+    print(f"[dukd] weights: {redact_url(result.weights_url)}  report: {redact_url(result.report_url)}")
+    return result

@@ -1,0 +1,75 @@
+"""The run's deliverables, written by rank 0 after the last step (idempotent: a restart rewrites them).
+
+`<run>/<export_name>.pth` (BasicSR layout: `params` + `params_ema`) and `.safetensors` (EMA weights),
+`curves.png`, `crops.png` (bicubic / student / teacher / HR on the first validation image),
+`report.md` and `report.html`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dukd_ray.eval.benchmark import Pair, bicubic_pair, evaluate_pair
+from dukd_ray.models import save_weights
+from dukd_ray.storage import join, write_bytes_atomic
+from dukd_ray.train.config import JobConfig
+from dukd_ray.train.report import crops_png, curves_png, paper_rows, results_rows, write_report
+
+
+def write_outputs(
+    cfg: JobConfig,
+    student: nn.Module,
+    ema: nn.Module,
+    teacher: nn.Module | None,
+    sets: dict[str, list[Pair]],
+    history: list[dict[str, Any]],
+    device: torch.device,
+) -> None:
+    opts = cfg.data.storage_options or None
+    run_url, m = cfg.run.url(), cfg.model
+    save_weights(
+        join(run_url, cfg.run.export_name),
+        params=student.state_dict(),
+        params_ema=ema.state_dict(),
+        arch_spec=getattr(student, "arch_spec", None),
+        storage_options=opts,
+    )
+    write_bytes_atomic(join(run_url, "curves.png"), curves_png(history), opts)
+    pair = next(iter(sets.values()))[0]
+    psnr, _, bicubic = bicubic_pair(pair, m.scale)
+    panels = [(f"bicubic\n{psnr:.2f} dB", bicubic)]
+    panels.append(_panel(f"student ({m.student_preset}, EMA)", ema, pair, m.scale, device))
+    if teacher is not None:
+        panels.append(_panel(f"teacher ({m.teacher_preset})", teacher, pair, m.scale, device))
+    panels.append((f"HR {pair.name}", pair.hr))
+    write_bytes_atomic(join(run_url, "crops.png"), crops_png(panels), opts)
+
+    final, names, export = history[-1], list(sets), cfg.run.export_name
+    labels = {"bicubic/": "bicubic", "teacher/": f"teacher ({m.teacher_preset})"}
+    labels[""] = f"student ({m.student_preset}, {cfg.distill.method}, EMA)"
+    write_report(
+        run_url,
+        title=f"{m.arch} x{m.scale} {cfg.distill.method}: {cfg.run.name}",
+        summary=[
+            f"arch {m.arch} x{m.scale}: teacher {m.teacher_preset}, student {m.student_preset}",
+            f"method {cfg.distill.method} (step mode {cfg.distill.step_mode}), {final['step']} steps, "
+            f"{cfg.run.num_workers} worker(s) x batch {cfg.data.batch_size}, patch {cfg.data.patch_size}",
+            f"exports: {export}.pth (params + params_ema), {export}.safetensors (EMA weights)",
+        ],
+        sets=names,
+        results=results_rows(final, names, labels),
+        paper=paper_rows(m.arch, m.scale, (m.teacher_preset, m.student_preset), names),
+        config=cfg.redacted_dict(),
+        storage_options=opts,
+    )
+
+
+def _panel(
+    title: str, model: nn.Module, pair: Pair, scale: int, device: torch.device
+) -> tuple[str, np.ndarray]:
+    psnr, _, sr = evaluate_pair(model, pair, scale, device)
+    return f"{title}\n{psnr:.2f} dB", sr

@@ -1,0 +1,157 @@
+"""The run report: `report.md` and `report.html` (same content), `curves.png` and `crops.png`.
+
+Written into the run folder by rank 0 at the end of training. The results table has bicubic, the
+teacher and the student on every validation set, and, when the run uses the paper's full-size x4
+presets, the paper's reference numbers (dukd.md) for the sets they cover.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # workers and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from dukd_ray.storage import join, write_bytes_atomic  # noqa: E402
+
+# dukd.md "Reference results": Y-PSNR (dB), x4, for the full-size teacher/student presets
+PAPER_X4: dict[str, list[tuple[str, dict[str, float]]]] = {
+    "rcan": [
+        ("RCAN teacher (g10 b20)", {"Set5": 32.63, "Set14": 28.87, "BSD100": 27.77, "Urban100": 26.82}),
+        (
+            "RCAN student scratch (g10 b6)",
+            {"Set5": 32.38, "Set14": 28.69, "BSD100": 27.63, "Urban100": 26.36},
+        ),
+        ("RCAN student logits KD", {"Set5": 32.45, "Set14": 28.76, "BSD100": 27.67, "Urban100": 26.49}),
+        ("RCAN student DUKD (paper)", {"Urban100": 26.62}),
+    ],
+    "edsr": [("EDSR student DUKD (paper)", {"Urban100": 26.45})],
+    "swinir": [
+        ("SwinIR teacher", {"Set5": 32.72, "Set14": 28.94, "BSD100": 27.83, "Urban100": 27.07}),
+        ("SwinIR student scratch", {"Set5": 32.31, "Set14": 28.67, "BSD100": 27.61, "Urban100": 26.15}),
+        ("SwinIR student DUKD (paper)", {"Urban100": 26.43}),
+    ],
+}
+_SET_ALIASES = {"B100": "BSD100", "BSDS100": "BSD100"}
+
+
+def paper_rows(arch: str, scale: int, presets: tuple[str, str], sets: Sequence[str]) -> list[list[str]]:
+    """The paper's rows for this arch, only for x4 with the full-size presets, on our sets' columns."""
+    if scale != 4 or presets != ("teacher", "student"):
+        return []
+    rows = []
+    for label, values in PAPER_X4.get(arch, []):
+        cells = [values.get(_SET_ALIASES.get(s, s)) for s in sets]
+        if any(c is not None for c in cells):
+            rows.append([label, *(f"{c:.2f}" if c is not None else "—" for c in cells)])
+    return rows
+
+
+def results_rows(final: dict[str, Any], sets: Sequence[str], labels: dict[str, str]) -> list[list[str]]:
+    """`PSNR / SSIM` per set for each prefix in `labels` (`"bicubic/"`, `"teacher/"`, `""` = student)."""
+    rows = []
+    for prefix, label in labels.items():
+        if f"{prefix}psnr/{sets[0]}" in final:
+            rows.append(
+                [
+                    label,
+                    *(f"{final[f'{prefix}psnr/{s}']:.2f} / {final[f'{prefix}ssim/{s}']:.4f}" for s in sets),
+                ]
+            )
+    return rows
+
+
+def curves_png(history: list[dict[str, Any]]) -> bytes:
+    """Loss terms and validation PSNR against the step."""
+    steps = [h["step"] for h in history]
+    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in sorted(k for k in history[-1] if k == "loss" or k.startswith("loss_")):
+        ax_loss.plot(steps, [h.get(key, np.nan) for h in history], marker=".", label=key)
+    ax_loss.set(xlabel="step", ylabel="L1 (weighted)", title="training loss", yscale="log")
+    ax_loss.legend()
+    for key in sorted(k for k in history[-1] if k.startswith("psnr/")):
+        ax_psnr.plot(steps, [h.get(key, np.nan) for h in history], marker=".", label=key[len("psnr/") :])
+    ax_psnr.set(xlabel="step", ylabel="Y-PSNR (dB)", title="validation (EMA weights)")
+    ax_psnr.legend()
+    return _png(fig)
+
+
+def crops_png(panels: list[tuple[str, np.ndarray]], crop: int = 128) -> bytes:
+    """Side-by-side centre crops of equally sized HR-resolution images (bicubic / student / teacher / HR)."""
+    h, w = panels[-1][1].shape[:2]
+    side = min(crop, h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
+    for ax, (title, img) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.imshow(img[top : top + side, left : left + side], interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return _png(fig)
+
+
+def write_report(
+    run_url: str,
+    *,
+    title: str,
+    summary: list[str],
+    sets: Sequence[str],
+    results: list[list[str]],
+    paper: list[list[str]],
+    config: dict[str, Any],
+    storage_options: dict[str, Any] | None,
+) -> None:
+    """report.md and report.html in `run_url` (they link curves.png and crops.png beside them)."""
+    header = ["model", *sets]
+    config_yaml = yaml.safe_dump(config, sort_keys=False)
+    md = [f"# {title}", "", *(f"- {line}" for line in summary), "", "## Results (Y-PSNR dB / SSIM)", ""]
+    md += _md_table(header, results)
+    if paper:
+        md += ["", "Paper reference, Y-PSNR dB (dukd.md):", "", *_md_table(header, paper)]
+    md += ["", "## Curves", "", "![curves](curves.png)", "", "## Crops", "", "![crops](crops.png)"]
+    md += ["", "## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    esc = html.escape
+    body = [f"<h1>{esc(title)}</h1>", "<ul>", *(f"<li>{esc(line)}</li>" for line in summary), "</ul>"]
+    body += ["<h2>Results (Y-PSNR dB / SSIM)</h2>", _html_table(header, results)]
+    if paper:
+        body += ["<p>Paper reference, Y-PSNR dB (dukd.md):</p>", _html_table(header, paper)]
+    body += ["<h2>Curves</h2>", '<img src="curves.png" alt="curves">', "<h2>Crops</h2>"]
+    body += ['<img src="crops.png" alt="crops">', "<h2>Config</h2>", f"<pre>{esc(config_yaml)}</pre>"]
+    page = (
+        '<!doctype html>\n<html><head><meta charset="utf-8">'
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+    write_bytes_atomic(join(run_url, "report.md"), "\n".join(md).encode(), storage_options)
+    write_bytes_atomic(join(run_url, "report.html"), page.encode(), storage_options)
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto} td,th{border:1px solid #ccc;padding:4px}"
+)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table style="border-collapse:collapse"><tr>{head}</tr>{body}</table>'
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

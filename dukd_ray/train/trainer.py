@@ -1,0 +1,121 @@
+"""The driver side: turn a `JobConfig` into a Ray `TorchTrainer` and run it.
+
+`build_trainer` is the seam for Tune (a trial passes `TuneReportCallback()` in `callbacks`);
+`run_training` is what the job CLI calls. Both check every input before any worker starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from dukd_ray.storage import get_fs, join
+from dukd_ray.train.checkpoint import HISTORY
+from dukd_ray.train.config import JobConfig
+from dukd_ray.train.faults import ENV_VAR as FAULT_ENV_VAR
+from dukd_ray.train.loop import train_loop_per_worker
+from dukd_ray.train.preflight import check_inputs, is_local, resolve
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind (all URLs are in the run folder)."""
+
+    config: JobConfig  # resolved: run name, data URLs
+    run_url: str
+    step: int
+    metrics: dict[str, Any]  # the last report: val_psnr, psnr/<set>, teacher/..., bicubic/...
+    checkpoint: ray.train.Checkpoint
+    weights_url: str  # <export_name>.pth, BasicSR layout (params + params_ema)
+    safetensors_url: str
+    report_url: str  # report.md (report.html beside it)
+    tensorboard_url: str
+
+
+def prepare(cfg: JobConfig) -> JobConfig:
+    """Resolve defaults (sample data, run name) and check every input; raises before Ray is touched."""
+    resolved = resolve(cfg)
+    check_inputs(resolved)
+    return resolved
+
+
+def build_trainer(
+    cfg: JobConfig, callbacks: Sequence[ray.train.UserCallback] = (), *, check: bool = True
+) -> TorchTrainer:
+    """A TorchTrainer for `cfg`; `callbacks` go into RunConfig (Tune passes TuneReportCallback there).
+
+    `check=False` skips `prepare` for a config that already went through it.
+    """
+    if check:
+        cfg = prepare(cfg)
+    storage_path, storage_filesystem = ray_storage(cfg.run.storage, cfg.data.storage_options or None)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": cfg.to_dict(), "fault": os.environ.get(FAULT_ENV_VAR)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.run.num_workers, use_gpu=_use_gpu(cfg.run.use_gpu)
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_best,  # Ray keeps the latest on top of these
+                checkpoint_score_attribute="val_psnr",
+                checkpoint_score_order="max",
+            ),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def run_training(cfg: JobConfig) -> TrainResult:
+    """Check, train (resuming `<storage>/<name>` if it has checkpoints), and return where the outputs are."""
+    cfg = prepare(cfg)
+    result = build_trainer(cfg, check=False).fit()
+    checkpoint = result.checkpoint
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{HISTORY}") as f:
+        history = json.loads(f.read().decode("utf-8"))
+    run_url, name = cfg.run.url(), cfg.run.export_name
+    return TrainResult(
+        config=cfg,
+        run_url=run_url,
+        step=int(history[-1]["step"]),
+        metrics=history[-1],
+        checkpoint=checkpoint,
+        weights_url=join(run_url, f"{name}.pth"),
+        safetensors_url=join(run_url, f"{name}.safetensors"),
+        report_url=join(run_url, "report.md"),
+        tensorboard_url=join(run_url, "tensorboard"),
+    )
+
+
+def ray_storage(url: str, storage_options: dict[str, Any] | None) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for RunConfig: local paths as they are, URLs through fsspec.
+
+    Ray's own S3 client knows neither custom endpoints nor our storage options, so URL storage goes
+    through the same fsspec filesystem as everything else (ray.md).
+    """
+    if is_local(url):
+        return url, None
+    import pyarrow.fs
+
+    fs, path = get_fs(url, storage_options)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def _use_gpu(setting: bool | str) -> bool:
+    """`auto`: GPU workers when the cluster has GPUs (connects to, or starts, Ray)."""
+    if setting != "auto":
+        return bool(setting)
+    if not ray.is_initialized():
+        ray.init()
+    return ray.cluster_resources().get("GPU", 0) >= 1

@@ -1,0 +1,73 @@
+"""Validation during training: the eval CLI's per-image numbers, with the images spread over the ranks.
+
+Rank r scores images r, r + W, r + 2W, ... of every set with `evaluate_pair` (the function the eval
+CLI uses); the per-image scores are gathered and averaged in the sets' own order, so a checkpoint gets
+the same PSNR/SSIM here as from `python -m dukd_ray.eval`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dukd_ray.eval.benchmark import Pair, evaluate_bicubic, evaluate_pair
+
+SetScores = dict[str, dict[str, float]]  # {set: {"psnr": mean, "ssim": mean}}
+
+
+def evaluate_distributed(
+    model: nn.Module,
+    sets: dict[str, list[Pair]],
+    scale: int,
+    device: torch.device,
+    self_ensemble: bool = False,
+    tile: int | None = None,
+) -> SetScores:
+    """Mean Y-PSNR/SSIM per set of `model`; collective when distributed (every rank must call it)."""
+    rank, world = _rank_and_world()
+    local: dict[str, list[tuple[int, float, float]]] = {}
+    with torch.no_grad():
+        for name, pairs in sets.items():
+            local[name] = []
+            for i in range(rank, len(pairs), world):
+                psnr, ssim, _ = evaluate_pair(
+                    model, pairs[i], scale, device, self_ensemble=self_ensemble, tile=tile
+                )
+                local[name].append((i, float(psnr), float(ssim)))
+    parts = [local]
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, local)
+    out: SetScores = {}
+    for name in sets:
+        rows = sorted(row for part in parts for row in part[name])
+        out[name] = {
+            "psnr": float(np.mean([r[1] for r in rows])),
+            "ssim": float(np.mean([r[2] for r in rows])),
+        }
+    return out
+
+
+def bicubic_scores(sets: dict[str, list[Pair]], scale: int) -> SetScores:
+    return {name: {"psnr": v["psnr"], "ssim": v["ssim"]} for name, v in evaluate_bicubic(sets, scale).items()}
+
+
+def flatten(scores: SetScores, prefix: str = "") -> dict[str, float]:
+    """`{prefix}psnr/<set>`, `{prefix}ssim/<set>` and their means over sets, `{prefix}val_psnr|val_ssim`."""
+    out: dict[str, Any] = {}
+    for name, values in scores.items():
+        out[f"{prefix}psnr/{name}"] = values["psnr"]
+        out[f"{prefix}ssim/{name}"] = values["ssim"]
+    out[f"{prefix}val_psnr"] = float(np.mean([v["psnr"] for v in scores.values()]))
+    out[f"{prefix}val_ssim"] = float(np.mean([v["ssim"] for v in scores.values()]))
+    return out
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

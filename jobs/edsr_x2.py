@@ -1,0 +1,6 @@
+"""Distil the EDSR x2 student with DUKD (paper config) on Ray Train: python jobs/edsr_x2.py --help"""
+
+from dukd_ray.train.cli import main
+
+if __name__ == "__main__":
+    main("edsr_x2")
