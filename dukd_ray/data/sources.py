@@ -182,7 +182,7 @@ class ShardSource:
             for run in _runs([records[r] for _, r in group]):
                 start, end = run[0].offset, run[-1].end
                 with access_errors(url):
-                    data = with_retries(lambda p=path, s=start, e=end: fs.cat_file(p, s, e), url)
+                    data = with_retries(lambda p=path, s=start, e=end: fs.cat_file(p, start=s, end=e), url)
                 for info in run:
                     hr, lr = decode_record(data, info.offset - start, info, url)
                     yield f"{info.name} in {redact_url(url)}", hr, lr
@@ -198,10 +198,10 @@ class ShardSource:
                     f"shard listed in the manifest is missing: {redact_url(url)}"
                 ) from None
             check_size(info, size, url)
-            head = with_retries(lambda: fs.cat_file(path, 0, min(size, 1 << 16)), url)
+            head = with_retries(lambda: fs.cat_file(path, start=0, end=min(size, 1 << 16)), url)
             n = header_length(head, url)
             if n > len(head):
-                head = with_retries(lambda: fs.cat_file(path, 0, n), url)
+                head = with_retries(lambda: fs.cat_file(path, start=0, end=n), url)
             self._headers[unit] = check_header(info, head[:n], url)
         return self._headers[unit]
 
