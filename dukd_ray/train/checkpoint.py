@@ -6,7 +6,7 @@ mid-write never leaves a checkpoint that a resume would pick up):
 
     train_state.pt   rank 0: student, EMA, optimizer, scheduler, step (identical on every rank)
     rank_<r>.pt      every rank: python/numpy/torch(/cuda) RNG states, the distill generator and the
-                     data position, which differ per rank
+                     data position, which differ per rank, and the digest of its student replica
     history.json     rank 0: every reported metrics dict so far (curves in the report)
     meta.json        rank 0: step, world size, the student's arch_spec
 
@@ -15,6 +15,7 @@ All tensors are read back with `weights_only=True`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,26 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def replica_digest(model: nn.Module) -> str:
+    """SHA-256 of the model's state (names and raw bytes): equal digests = bit-identical replicas."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_replicas(model: nn.Module, step: int) -> str:
+    """This rank's replica digest; raises if the DDP replicas have drifted apart (collective)."""
+    digest = replica_digest(model)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        digests: list[str | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"student replicas differ across ranks at step {step}: digests {digests}")
+    return digest
+
+
 @dataclass
 class Restored:
     """What a worker gets back from a checkpoint; `rank_state` is None when the world size changed."""
@@ -90,8 +112,9 @@ def write_checkpoint(
     data_state: dict[str, Any],
     history: list[dict[str, Any]],
 ) -> None:
-    """This rank's share of the checkpoint at `step` into the local `folder` (Ray uploads it)."""
-    rank_state = {"step": step, "rng": capture_rng(generator), "data": data_state}
+    """This rank's share of the checkpoint at `step` into the local `folder` (Ray uploads it); collective."""
+    digest = check_replicas(student, step)
+    rank_state = {"step": step, "rng": capture_rng(generator), "data": data_state, "student_digest": digest}
     torch.save(rank_state, os.path.join(folder, rank_file(rank)))
     if rank != 0:
         return

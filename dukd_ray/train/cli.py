@@ -93,21 +93,25 @@ def main(preset: str, argv: Sequence[str] | None = None) -> TrainResult:
 
 def main_teacher(argv: Sequence[str] | None = None) -> TrainResult:
     """`python jobs/train_teacher.py --arch edsr --scale 4 [flags]`: train a teacher from scratch."""
+    parser = teacher_parser()
+    args = parser.parse_args(argv)
+    return _run(parser, lambda: teacher_config(args))
+
+
+def teacher_parser() -> argparse.ArgumentParser:
     parser = build_parser("Train a teacher from scratch on Ray Train (for custom data or missing weights).")
     parser.add_argument("--arch", required=True, choices=("edsr", "rcan", "swinir"))
     parser.add_argument("--scale", required=True, type=int, choices=(2, 3, 4))
-    args = parser.parse_args(argv)
+    return parser
 
-    def config() -> JobConfig:
-        cfg = JobConfig.from_preset(f"{args.arch}_x{args.scale}", tiny=args.tiny)
-        cfg.model.student_preset, cfg.model.student_kwargs = (
-            cfg.model.teacher_preset,
-            cfg.model.teacher_kwargs,
-        )
-        cfg.distill, cfg.run.export_name = DistillConfig(method="scratch"), "teacher"
-        return apply_args(cfg, args)
 
-    return _run(parser, config)
+def teacher_config(args: argparse.Namespace) -> JobConfig:
+    """The preset's teacher network trained alone (method scratch), exported as `<run>/teacher.pth`."""
+    cfg = JobConfig.from_preset(f"{args.arch}_x{args.scale}", tiny=args.tiny)
+    m = cfg.model
+    m.student_preset, m.student_kwargs = m.teacher_preset, m.teacher_kwargs
+    cfg.distill, cfg.run.export_name = DistillConfig(method="scratch"), "teacher"
+    return apply_args(cfg, args)
 
 
 def _run(parser: argparse.ArgumentParser, config: Any) -> TrainResult:
