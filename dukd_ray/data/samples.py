@@ -85,7 +85,7 @@ TEST_PHOTOS: dict[str, Photo] = {
 
 
 def _to_float(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(img).permute(2, 0, 1).to(torch.float64) / 255.0
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).to(torch.float64) / 255.0
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
