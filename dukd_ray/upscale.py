@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from dukd_ray.data.imageio import IMAGE_SUFFIXES, read_image, write_png
 from dukd_ray.eval.inference import super_resolve
+from dukd_ray.eval.metrics import to_uint8_hwc
 from dukd_ray.models import ARCHS, PRESET_NAMES, CheckpointError, build_from_checkpoint
 from dukd_ray.storage import StorageError, get_fs, join, redact_url
 
@@ -36,13 +37,7 @@ class UpscaleTask:
 
 def image_to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """RGB uint8 HWC -> float32 (1, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(img).permute(2, 0, 1).float().div(255.0).unsqueeze(0).to(device)
-
-
-def tensor_to_image(x: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) in [0, 1] -> RGB uint8 HWC, rounded as the SR metrics convention does."""
-    x = x.detach().float().clamp(0.0, 1.0).mul(255.0).round()
-    return x[0].permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+    return torch.tensor(img, dtype=torch.float32).permute(2, 0, 1).div(255.0).unsqueeze(0).to(device)
 
 
 def find_images(
@@ -101,7 +96,7 @@ def upscale_image(
     amp_dtype = torch.bfloat16 if amp else None
     with torch.inference_mode():
         sr = super_resolve(model, lr, self_ensemble, tile, tile_overlap, amp_dtype=amp_dtype)
-    return tensor_to_image(sr)
+    return to_uint8_hwc(sr, "super-resolved image")
 
 
 def upscale_all(
