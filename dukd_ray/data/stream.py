@@ -209,9 +209,17 @@ class TrainStream:
             pin_memory=self.pin_memory,
             prefetch_factor=2 if self.num_workers else None,
         )
-        for batch in loader:
-            self._next += 1
-            yield batch
+        batches = iter(loader)
+        try:
+            for batch in batches:
+                self._next += 1
+                yield batch
+        finally:
+            # Stop the workers now: when a worker error's traceback keeps this iterator alive, the garbage
+            # collector finalises its queues first and its own shutdown then waits 5 s per worker.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def _fingerprint(self) -> dict[str, int]:
         p = self.plan
