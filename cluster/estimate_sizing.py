@@ -132,15 +132,26 @@ def activation_bytes(model: torch.nn.Module, side: int, batch: int) -> int:
 
 
 def iteration_cost(
-    arch: str, scale: int = 4, batch: int = PAPER_BATCH, patch: int = PAPER_PATCH
+    arch: str,
+    scale: int = 4,
+    batch: int = PAPER_BATCH,
+    patch: int = PAPER_PATCH,
+    presets: tuple[str, str] = ("teacher", "student"),
 ) -> IterationCost:
-    """Count one paper-config DUKD iteration of `arch` at `scale` (see the module docstring)."""
+    """Count one paper-config DUKD iteration of `arch` at `scale` (see the module docstring).
+
+    `presets` names the (teacher, student) model sizes; the tiny ones make a quick check of the counting.
+    """
     cfg = DistillConfig.paper(arch, scale)
-    teacher, student = _meta_model(arch, scale, "teacher"), _meta_model(arch, scale, "student")
+    teacher, student = (_meta_model(arch, scale, preset) for preset in presets)
     # (input side, number of patches) for x, the zoom-in cells z and, if used, x_down
     passes = [(patch, batch), (patch, cfg.n_gt_sub * batch)]
     if cfg.zoom_out:
         passes.append((patch // scale, batch))
+    sides = {side for side, _ in passes}  # FLOPs are linear in the batch: count each input size once
+    teacher_fwd = {side: count_flops(teacher, side) for side in sides}
+    student_fwd = {side: count_flops(student, side) for side in sides}
+    student_fwd_bwd = {side: count_flops(student, side, backward=True) for side in sides}
     return IterationCost(
         arch=arch,
         scale=scale,
@@ -150,10 +161,11 @@ def iteration_cost(
         zoom_out=cfg.zoom_out,
         teacher_params=sum(p.numel() for p in teacher.parameters()),
         student_params=sum(p.numel() for p in student.parameters()),
-        teacher_fwd_flops=sum(n * count_flops(teacher, side) for side, n in passes),
-        student_fwd_bwd_flops=sum(n * count_flops(student, side, backward=True) for side, n in passes),
-        student_fwd_flops=sum(n * count_flops(student, side) for side, n in passes),
-        activation_bytes=max(activation_bytes(student, side, n) for side, n in passes),
+        teacher_fwd_flops=sum(n * teacher_fwd[side] for side, n in passes),
+        student_fwd_bwd_flops=sum(n * student_fwd_bwd[side] for side, n in passes),
+        student_fwd_flops=sum(n * student_fwd[side] for side, n in passes),
+        # the largest pass: the zoom-in cells (n_gt_sub * B full-size patches) or x itself
+        activation_bytes=activation_bytes(student, patch, max(passes[:2], key=lambda p: p[1])[1]),
     )
 
 
