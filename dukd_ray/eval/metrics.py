@@ -30,7 +30,7 @@ def to_uint8_hwc(img: Image, what: str = "image") -> np.ndarray:
             raise ValueError(
                 f"{what}: expected a float (C, H, W) tensor, got dtype={t.dtype} shape={tuple(t.shape)}"
             )
-        t = (t.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+        t = (t.double().clamp(0, 1) * 255.0).round().to(torch.uint8)
         return t.permute(1, 2, 0).cpu().numpy()
     if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3:
         return img
