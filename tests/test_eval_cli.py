@@ -17,6 +17,7 @@ from dukd_ray.data.samples import bicubic_lr
 from dukd_ray.eval.__main__ import main
 from dukd_ray.eval.benchmark import (
     BenchmarkDataError,
+    PairSizeError,
     evaluate_bicubic,
     evaluate_pair,
     evaluate_sets,
@@ -81,9 +82,7 @@ def test_missing_set_lr_and_size_mismatch_errors_name_the_file(tmp_path):
     with pytest.raises(BenchmarkDataError, match=r"missing LR image .*Set5/LR_bicubic/X2/babyx2\.png"):
         load_benchmark_sets(root, ["Set5"], 2)
     write_png(f"{root}/Set5/LR_bicubic/X4/birdx4.png", np.zeros((5, 6, 3), dtype=np.uint8))
-    with pytest.raises(
-        BenchmarkDataError, match=r"size mismatch at x4: LR .*birdx4\.png is 5x6, HR .*bird\.png"
-    ):
+    with pytest.raises(PairSizeError, match=r"size mismatch at x4: LR .*birdx4\.png is 5x6, HR .*bird\.png"):
         load_benchmark_sets(root, ["Set5"], 4)
 
 

@@ -33,7 +33,11 @@ SetScores = dict[str, Any]  # {"psnr": float, "ssim": float, "images": {name: {"
 
 
 class BenchmarkDataError(FileNotFoundError):
-    """A benchmark set, HR or LR file is missing, or an LR/HR pair has inconsistent sizes."""
+    """A benchmark set, its HR images or an LR file is missing; the message names it."""
+
+
+class PairSizeError(ValueError):
+    """An LR/HR pair whose sizes disagree (HR != scale x LR after mod-crop); the message names both files."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def load_pair(
     hr = read_image(hr_url, storage_options)
     hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
     if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
-        raise BenchmarkDataError(
+        raise PairSizeError(
             f"LR/HR size mismatch at x{scale}: LR {redact_url(lr_url)} is {lr.shape[0]}x{lr.shape[1]}, "
             f"HR {redact_url(hr_url)} is {hr.shape[0]}x{hr.shape[1]} after mod-crop "
             f"(expected {lr.shape[0] * scale}x{lr.shape[1] * scale})"
