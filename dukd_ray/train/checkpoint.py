@@ -8,7 +8,7 @@ mid-write never leaves a checkpoint that a resume would pick up):
     rank_<r>.pt      every rank: python/numpy/torch(/cuda) RNG states, the distill generator and the
                      data position, which differ per rank, and the digest of its student replica
     history.json     rank 0: every reported metrics dict so far (curves in the report)
-    meta.json        rank 0: step, world size, the student's arch_spec
+    meta.json        rank 0: step, world size, the student's arch_spec, the steps the run resumed from
 
 All tensors are read back with `weights_only=True`.
 """
@@ -68,18 +68,19 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def replica_digest(model: nn.Module) -> str:
-    """SHA-256 of the model's state (names and raw bytes): equal digests = bit-identical replicas."""
+def replica_digest(*models: nn.Module) -> str:
+    """SHA-256 of the models' states (names and raw bytes): equal digests = bit-identical replicas."""
     h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for model in models:
+        for name, tensor in model.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
-def check_replicas(model: nn.Module, step: int) -> str:
-    """This rank's replica digest; raises if the DDP replicas have drifted apart (collective)."""
-    digest = replica_digest(model)
+def check_replicas(step: int, *models: nn.Module) -> str:
+    """This rank's digest of `models`; raises if the replicas have drifted apart across ranks (collective)."""
+    digest = replica_digest(*models)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         digests: list[str | None] = [None] * dist.get_world_size()
         dist.all_gather_object(digests, digest)
@@ -96,6 +97,7 @@ class Restored:
     train_state: dict[str, Any]
     rank_state: dict[str, Any] | None
     history: list[dict[str, Any]]
+    resumes: list[int]  # every step the run resumed from (restarts, resubmissions), this one included
 
 
 def write_checkpoint(
@@ -111,10 +113,11 @@ def write_checkpoint(
     generator: torch.Generator,
     data_state: dict[str, Any],
     history: list[dict[str, Any]],
+    resumes: list[int],
 ) -> None:
     """This rank's share of the checkpoint at `step` into the local `folder` (Ray uploads it); collective."""
-    digest = check_replicas(student, step)
-    rank_state = {"step": step, "rng": capture_rng(generator), "data": data_state, "student_digest": digest}
+    digest = check_replicas(step, student, ema)  # validation runs on every rank's EMA: it must match too
+    rank_state = {"step": step, "rng": capture_rng(generator), "data": data_state, "replica_digest": digest}
     torch.save(rank_state, os.path.join(folder, rank_file(rank)))
     if rank != 0:
         return
@@ -129,7 +132,8 @@ def write_checkpoint(
         os.path.join(folder, TRAIN_STATE),
     )
     _write_json(os.path.join(folder, HISTORY), history)
-    meta = {"step": step, "world_size": world_size, "arch_spec": getattr(student, "arch_spec", None)}
+    arch_spec = getattr(student, "arch_spec", None)
+    meta = {"step": step, "world_size": world_size, "arch_spec": arch_spec, "resumes": resumes}
     _write_json(os.path.join(folder, META), meta)
 
 
@@ -151,7 +155,8 @@ def read_checkpoint(folder: str, rank: int, world_size: int, device: torch.devic
         )
     with open(os.path.join(folder, HISTORY)) as f:
         history = json.load(f)
-    return Restored(step=int(meta["step"]), train_state=train_state, rank_state=rank_state, history=history)
+    step = int(meta["step"])
+    return Restored(step, train_state, rank_state, history, resumes=[*meta["resumes"], step])
 
 
 def read_json(folder: str, name: str) -> Any:

@@ -55,11 +55,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     memory_format = torch.channels_last if cuda and t.channels_last else torch.contiguous_format
     amp_dtype = torch.bfloat16 if cuda and t.amp else None  # CPU workers train in fp32
 
-    _seed_everything(t.seed + rank)
-    generator = torch.Generator().manual_seed(t.seed + rank)  # the distill method's draws
+    # the same initial student on every rank: DDP broadcasts rank 0's, but the EMA copy is taken here
+    _seed_everything(t.seed)
     teacher = _build_teacher(cfg, device, memory_format)
     student = _build_student(cfg, device, memory_format)
     ema = EMA(student, t.ema_decay)
+    _seed_everything(t.seed + rank)  # from here on each rank draws its own random numbers
+    generator = torch.Generator().manual_seed(t.seed + rank)  # the distill method's draws
     optimizer = torch.optim.Adam(student.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=t.milestones, gamma=t.gamma)
     stream = build_train_stream(
@@ -74,13 +76,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         storage_options=opts,
         pin_memory=cuda,
     )
-    start_step, history = 0, []
+    start_step, history, resumes = 0, [], []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             restored = read_checkpoint(folder, rank, world, device)
         _restore(restored, student, ema, optimizer, scheduler, stream, generator)
-        start_step, history = restored.step, restored.history
+        start_step, history, resumes = restored.step, restored.history, restored.resumes
         if rank == 0:
             log.info("resuming %s from step %d", cfg.run.name, start_step)
     model = ray.train.torch.prepare_model(student)  # DDP across workers; the teacher is never wrapped
@@ -125,12 +127,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 world_size=world,
                 step=step,
                 student=student,
-                ema=ema,
+                ema=ema.module,
                 optimizer=optimizer,
                 scheduler=scheduler,
                 generator=generator,
                 data_state=stream.state_dict(),
                 history=history,
+                resumes=resumes,
             )
             checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(step))
@@ -139,7 +142,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     if rank == 0:
         tensorboard.close()
-        write_outputs(cfg, student, ema.module, teacher, sets, history, device)
+        write_outputs(cfg, student, ema.module, teacher, sets, history, resumes, device)
 
 
 def _to_device(x: torch.Tensor, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:

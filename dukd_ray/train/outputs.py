@@ -27,6 +27,7 @@ def write_outputs(
     teacher: nn.Module | None,
     sets: dict[str, list[Pair]],
     history: list[dict[str, Any]],
+    resumes: list[int],
     device: torch.device,
 ) -> None:
     opts = cfg.data.storage_options or None
@@ -59,6 +60,7 @@ def write_outputs(
             f"method {cfg.distill.method} (step mode {cfg.distill.step_mode}), {final['step']} steps, "
             f"{cfg.run.num_workers} worker(s) x batch {cfg.data.batch_size}, patch {cfg.data.patch_size}",
             f"exports: {export}.pth (params + params_ema), {export}.safetensors (EMA weights)",
+            f"resumed from step(s): {', '.join(map(str, resumes)) or 'never'}",
         ],
         sets=names,
         results=results_rows(final, names, labels),

@@ -31,7 +31,7 @@ def resolve(cfg: JobConfig) -> JobConfig:
         if d.train is None:
             d.train = sample.train_url
         if d.val is None:
-            d.val, d.val_sets = sample.benchmark_url, list(sample.sets)
+            d.val = sample.benchmark_url
     if d.val_sets is None:
         d.val_sets = _guard("data.val", d.val, lambda: list_sets(d.val, d.storage_options or None))
         if not d.val_sets:

@@ -1,0 +1,115 @@
+"""Bad teacher, bad data, bad config: one clear error naming the key and file, and no Ray worker started."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+
+from dukd_ray.models import build_arch, save_weights
+from dukd_ray.train import InputError, JobConfig, run_training
+from dukd_ray.train.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _teacher(tmp_path: Path, arch: str, scale: int) -> str:
+    prefix = str(tmp_path / f"{arch}_x{scale}_teacher")
+    model = build_arch(arch, scale, preset="tiny_teacher")
+    save_weights(prefix, model.state_dict(), arch_spec=model.arch_spec)
+    return prefix + ".pth"
+
+
+def _config(sample_data, tmp_path: Path, **overrides: str) -> JobConfig:
+    values = {
+        "data.train": sample_data.train_url,
+        "data.val": sample_data.benchmark_url,
+        "run.storage": str(tmp_path / "runs"),
+        "model.teacher": _teacher(tmp_path, "edsr", 4),
+        **overrides,
+    }
+    return JobConfig.from_preset("edsr_x4", tiny=True).apply_overrides(f"{k}={v}" for k, v in values.items())
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_before():
+    assert not ray.is_initialized()
+    yield
+    assert not ray.is_initialized(), "an input error must be raised before Ray (and any worker) starts"
+
+
+@pytest.mark.parametrize(
+    ("teacher", "message"),
+    [
+        ("missing.pth", r"model.teacher \(.*missing.pth\).*not found"),
+        ("rcan_x4", r"model.teacher \(.*rcan_x4_teacher.pth\)"),  # another arch's weights
+        ("edsr_x2", r"model.teacher \(.*edsr_x2_teacher.pth\).*upsample"),  # another scale's weights
+        ("garbage", r"model.teacher \(.*garbage.pth\)"),
+    ],
+)
+def test_bad_teacher(sample_data, tmp_path, teacher, message):
+    if teacher == "missing.pth":
+        url = str(tmp_path / "missing.pth")
+    elif teacher == "garbage":
+        url = str(tmp_path / "garbage.pth")
+        Path(url).write_bytes(b"not a checkpoint")
+    else:
+        arch, scale = teacher.split("_x")
+        url = _teacher(tmp_path, arch, int(scale))
+    with pytest.raises(InputError, match=message):
+        run_training(_config(sample_data, tmp_path, **{"model.teacher": url}))
+
+
+def test_a_distillation_method_needs_a_teacher(sample_data, tmp_path):
+    with pytest.raises(InputError, match=r"model.teacher: distill.method='kd' needs a teacher"):
+        run_training(_config(sample_data, tmp_path, **{"model.teacher": "null", "distill.method": "kd"}))
+
+
+def test_bad_training_data(sample_data, tmp_path):
+    with pytest.raises(InputError, match=r"data.train \(.*nowhere\)"):
+        run_training(_config(sample_data, tmp_path, **{"data.train": str(tmp_path / "nowhere")}))
+    # the data has no x4 LR images: a scale mismatch between the preset and the data
+    x2_only = tmp_path / "x2_only"
+    shutil.copytree(sample_data.train_url, x2_only)
+    shutil.rmtree(x2_only / "DIV2K_train_LR_bicubic" / "X4")
+    with pytest.raises(InputError, match=r"data.train \(.*x2_only\)"):
+        run_training(_config(sample_data, tmp_path, **{"data.train": str(x2_only)}))
+    # every image unreadable
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(sample_data.train_url, corrupt)
+    for png in corrupt.rglob("*.png"):
+        png.write_bytes(b"\x89PNG truncated")
+    with pytest.raises(InputError, match=r"data.train \(.*corrupt\).*\.png"):
+        run_training(_config(sample_data, tmp_path, **{"data.train": str(corrupt)}))
+
+
+def test_bad_validation_data(sample_data, tmp_path):
+    with pytest.raises(InputError, match=r"data.val \(.*\).*Set5"):
+        run_training(_config(sample_data, tmp_path, **{"data.val_sets": "[Set5]"}))
+    with pytest.raises(InputError, match=r"data.val \(.*empty\).*no benchmark sets"):
+        (tmp_path / "empty").mkdir()
+        run_training(_config(sample_data, tmp_path, **{"data.val": str(tmp_path / "empty")}))
+
+
+def test_cli_reports_config_errors_with_status_2(sample_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main("edsr_x4", ["--tiny", "--set", "train.warmup=5", "--data", sample_data.train_url])
+    assert exit_info.value.code == 2
+    assert "unknown config key 'train.warmup'; valid keys in 'train'" in capsys.readouterr().err
+
+
+def test_job_script_runs_from_the_repo_root_and_fails_cleanly(tmp_path):
+    """`python jobs/edsr_x4.py` with a missing teacher: status 2, one line naming the key, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "jobs/edsr_x4.py", "--tiny", "--teacher", str(tmp_path / "t.pth")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "error: model.teacher" in proc.stderr and "Traceback" not in proc.stderr

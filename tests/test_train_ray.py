@@ -1,0 +1,171 @@
+"""Real Ray Train runs on 2 CPU workers (gloo) with the tiny EDSR x4 presets and the sample data.
+
+One uninterrupted baseline run is the reference for three claims: the DDP replicas stay bit-identical,
+a worker killed mid-run is replaced and the run ends exactly where the baseline ends, and a run
+stopped at step k and resubmitted under the same name+storage also ends exactly there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from dukd_ray.eval.benchmark import evaluate_sets, load_benchmark_sets
+from dukd_ray.models import build_arch, build_from_checkpoint, save_weights
+from dukd_ray.storage import exists, join, read_bytes
+from dukd_ray.train import JobConfig, TrainResult, run_training
+from dukd_ray.train.checkpoint import replica_digest
+from dukd_ray.train.faults import ENV_VAR as FAULT_ENV_VAR
+
+STEPS = 6
+TIMING = ("samples_per_s", "data_wait_frac")  # wall-clock metrics: the only ones allowed to differ
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def teacher_url(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    model = build_arch("edsr", 4, preset="tiny_teacher")
+    prefix = str(tmp_path_factory.mktemp("teacher") / "teacher")
+    save_weights(prefix, model.state_dict(), arch_spec=model.arch_spec)
+    return prefix + ".pth"
+
+
+@pytest.fixture(scope="module")
+def job(sample_data, teacher_url):
+    def make(storage: str, name: str, *overrides: str) -> JobConfig:
+        return JobConfig.from_preset("edsr_x4", tiny=True).apply_overrides(
+            [
+                f"data.train={sample_data.train_url}",
+                f"data.val={sample_data.benchmark_url}",
+                f"model.teacher={teacher_url}",
+                f"run.storage={storage}",
+                f"run.name={name}",
+                "run.num_workers=2",
+                "run.use_gpu=false",
+                f"train.max_steps={STEPS}",
+                "train.val_every=2",
+                "train.ckpt_every=2",
+                *overrides,
+            ]
+        )
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def baseline(ray_cluster, job, tmp_path_factory) -> TrainResult:
+    return run_training(job(str(tmp_path_factory.mktemp("runs")), "baseline"))
+
+
+def _exported(result: TrainResult, storage_options=None) -> dict:
+    return torch.load(io.BytesIO(read_bytes(result.weights_url, storage_options)), weights_only=True)
+
+
+def _assert_same_run(result: TrainResult, reference: TrainResult, storage_options=None) -> None:
+    """Same step, same weights (student and EMA) to float tolerance, same final metrics."""
+    assert result.step == reference.step == STEPS
+    ours, ref = _exported(result, storage_options), _exported(reference)
+    for entry in ("params", "params_ema"):
+        assert ours[entry].keys() == ref[entry].keys()
+        for key, value in ref[entry].items():
+            torch.testing.assert_close(ours[entry][key], value, rtol=0, atol=1e-6, msg=f"{entry}.{key}")
+    for key, value in reference.metrics.items():
+        if key not in TIMING:
+            assert result.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def _meta(result: TrainResult) -> dict:
+    cp = result.checkpoint
+    with cp.filesystem.open_input_stream(f"{cp.path}/meta.json") as f:
+        return json.loads(f.read())
+
+
+def test_two_workers_keep_identical_replicas_and_report_everything(baseline, sample_data):
+    r = baseline
+    assert r.step == STEPS and [h["step"] for h in _history(r)] == [2, 4, 6]
+    for key in ("step", "val_psnr", "val_ssim", "psnr/Sample", "ssim/Sample", "lr", "samples_per_s", "loss"):
+        assert key in r.metrics, key
+    for term in ("loss_pix", "loss_kd", "loss_zoom_in", "loss_zoom_out"):  # dukd's terms
+        assert r.metrics[term] > 0
+    assert r.metrics["samples_per_s"] > 0 and 0 <= r.metrics["data_wait_frac"] < 1
+
+    # both ranks' replicas hashed at the last checkpoint are the same, and are the saved student
+    folder = r.checkpoint.to_directory()
+    digests = [torch.load(Path(folder, f"rank_{k}.pt"), weights_only=True)["replica_digest"] for k in (0, 1)]
+    state = torch.load(Path(folder, "train_state.pt"), weights_only=True)
+    student, ema = build_arch("edsr", 4, preset="tiny_student"), build_arch("edsr", 4, preset="tiny_student")
+    student.load_state_dict(state["student"])
+    ema.load_state_dict(state["ema"])
+    assert digests[0] == digests[1] == replica_digest(student, ema)
+    assert _meta(r)["resumes"] == []
+
+    # the exported .pth holds that student (params) and its EMA, which gets the eval CLI's numbers
+    exported = _exported(r)
+    assert all(torch.equal(exported["params"][k], v) for k, v in student.state_dict().items())
+    ema = build_from_checkpoint(r.weights_url)  # loads params_ema, like BasicSR's tools
+    sets = load_benchmark_sets(sample_data.benchmark_url, ["Sample"], 4)
+    scores = evaluate_sets(ema, sets, 4, "cpu")["Sample"]
+    assert r.metrics["psnr/Sample"] == pytest.approx(scores["psnr"], abs=1e-9)
+    assert r.metrics["ssim/Sample"] == pytest.approx(scores["ssim"], abs=1e-9)
+
+
+def test_run_folder_holds_exports_tensorboard_and_report(baseline):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = Path(baseline.run_url)
+    assert (run / "student.safetensors").stat().st_size > 0
+    for png in ("curves.png", "crops.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "loss_zoom_in", "lr", "samples_per_s", "psnr/Sample", "ssim/Sample", "val_psnr"} <= tags
+    assert [e.step for e in events.Scalars("val_psnr")] == [2, 4, 6]
+    report = (run / "report.md").read_text()
+    m = baseline.metrics
+    for row in ("| bicubic |", "| teacher (tiny_teacher) |", "| student (tiny_student, dukd, EMA) |"):
+        assert row in report
+    assert f"{m['psnr/Sample']:.2f} / {m['ssim/Sample']:.4f}" in report
+    assert "curves.png" in report and "crops.png" in report and "method: dukd" in report
+    html = (run / "report.html").read_text()
+    assert "<table" in html and '<img src="crops.png"' in html
+
+
+def test_killed_worker_is_replaced_and_the_run_ends_as_if_uninterrupted(
+    baseline, job, s3_bucket, monkeypatch
+):
+    """Rank 1 dies after step 3 (storage on S3): Ray restarts the group from checkpoint 2."""
+    bucket, opts = s3_bucket
+    monkeypatch.setenv(FAULT_ENV_VAR, "rank=1,step=3")
+    cfg = job(join(bucket, "runs"), "fault", "run.max_failures=1", f"data.storage_options={json.dumps(opts)}")
+    result = run_training(cfg)
+    assert exists(join(result.run_url, ".fault_injected-rank1-step3"), opts)
+    assert _meta(result)["resumes"] == [2]
+    _assert_same_run(result, baseline, opts)
+    assert exists(join(result.run_url, "report.html"), opts)
+
+
+def test_resubmitted_run_resumes_from_its_latest_checkpoint_exactly(baseline, job, tmp_path):
+    first = run_training(job(str(tmp_path), "resume", "train.max_steps=4"))
+    assert first.step == 4
+    resumed = run_training(job(str(tmp_path), "resume"))
+    assert _meta(resumed)["resumes"] == [4]
+    _assert_same_run(resumed, baseline)
+
+
+def _history(result: TrainResult) -> list[dict]:
+    cp = result.checkpoint
+    with cp.filesystem.open_input_stream(f"{cp.path}/history.json") as f:
+        return json.loads(f.read())
