@@ -213,7 +213,7 @@ def markdown(costs: list[IterationCost], mfu: float) -> str:
         "counted with FlopCounterMode):",
         "",
         "| arch | zoom-in cells | zoom-out | teacher fwd TFLOP "
-        "| student fwd+bwd TFLOP (bwd/fwd) | total TFLOP |",
+        "| student fwd+bwd TFLOP (÷ fwd) | total TFLOP |",
         "|---|---|---|---|---|---|",
     ]
     for c in costs:
