@@ -57,6 +57,7 @@ def access_errors(url: str) -> Iterator[None]:
 
 class Source(Protocol):
     counts: tuple[int, ...]
+    read_ahead: int  # records fetched ahead of use, per reader
 
     def describe(self) -> str: ...
 
@@ -135,6 +136,8 @@ def read_pair(pair: ImagePair, scale: int, storage_options: dict[str, Any] | Non
 class PngSource:
     """A DIV2K-layout root read the BasicSR way: every sample decodes one HR and one LR PNG."""
 
+    read_ahead = 2  # decoded 2K pairs are ~15 MB each
+
     root: str
     scale: int
     storage_options: dict[str, Any] | None = None
@@ -155,6 +158,8 @@ class PngSource:
 @dataclass
 class ShardSource:
     """A packed prefix: records streamed from shards in large sequential range reads."""
+
+    read_ahead = 32  # ~2 range reads of 480 px crops
 
     prefix: str
     scale: int

@@ -24,7 +24,7 @@ from dukd_ray.data.plan import StreamPlan
 from dukd_ray.data.sources import Record, Source, open_source
 
 log = logging.getLogger(__name__)
-READ_AHEAD_RECORDS = 32
+BATCHES_AHEAD = 2
 STATE_VERSION = 1
 
 
@@ -60,17 +60,17 @@ def _to_tensor(patches: list[np.ndarray]) -> torch.Tensor:
 
 
 class _ReadAhead:
-    """Runs a record iterator on a thread, `depth` records ahead of the consumer."""
+    """Runs an iterator on a daemon thread, `depth` items ahead of the consumer; errors are re-raised."""
 
-    def __init__(self, records: Iterator[Record], depth: int) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    def __init__(self, items: Iterator[Any], depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(records,), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True)
         self._thread.start()
 
-    def _run(self, records: Iterator[Record]) -> None:
+    def _run(self, items: Iterator[Any]) -> None:
         try:
-            for item in records:
+            for item in items:
                 if not self._put(("ok", item)):
                     return
             self._put(("end", None))
@@ -86,7 +86,7 @@ class _ReadAhead:
                 continue
         return False
 
-    def __next__(self) -> Record:
+    def __next__(self) -> Any:
         kind, item = self._queue.get()
         if kind == "error":
             raise item
@@ -99,7 +99,11 @@ class _ReadAhead:
 
 
 class _ReaderEpoch:
-    """One reader's batches for one epoch, starting at its `first` batch."""
+    """One reader's batches for one epoch from its batch `first` on, made on background threads.
+
+    One thread fetches records (I/O); another cuts patches into the shuffle buffer and assembles
+    batches, so a reader can fill its next epoch's buffer while this epoch's last batches drain.
+    """
 
     def __init__(
         self,
@@ -113,37 +117,48 @@ class _ReaderEpoch:
         patch: int,
     ) -> None:
         self.plan, self.epoch, self.scale, self.patch = plan, epoch, scale, patch
+        self.next_batch, self.num_batches = first, plan.reader_batches(epoch, reader)
         start, stop = plan.reader_slice(epoch, rank, reader)
-        self.order = plan.epoch_order(epoch)[start:stop]
-        self.start = start
-        emission = plan.emission_order(stop - start, epoch, rank, reader)
-        self.emission = emission[first * plan.batch_size :]
-        self.needed = iter(np.sort(self.emission).tolist())  # read order: sequential within each unit
-        requests = [(int(u), int(r)) for u, r, _ in self.order[np.sort(self.emission)]]
-        self.records = _ReadAhead(source.iter_records(requests), READ_AHEAD_RECORDS)
-        self.held: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.next_batch = first
-        self.emitted = 0
+        order = plan.epoch_order(epoch)[start:stop]
+        emission = plan.emission_order(stop - start, epoch, rank, reader)[first * plan.batch_size :]
+        needed = np.sort(emission)  # read order: sequential within each unit
+        requests = [(int(u), int(r)) for u, r in order[needed, :2]]
+        self.read_all = threading.Event()
+        self._records = _ReadAhead(source.iter_records(requests), source.read_ahead)
+        batches = self._produce(self._records, needed.tolist(), emission, order[:, 2], start)
+        self._batches = _ReadAhead(batches, BATCHES_AHEAD)
+
+    def _produce(
+        self, records: _ReadAhead, needed: list[int], emission: np.ndarray, ids: np.ndarray, start: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        held: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        pending = iter(needed)
+        taken = 0
+        if not needed:
+            self.read_all.set()
+        for first in range(0, len(emission), self.plan.batch_size):
+            picks = emission[first : first + self.plan.batch_size]
+            lrs, hrs = [], []
+            for i in picks.tolist():
+                while i not in held:
+                    j = next(pending)
+                    rng = self.plan.sample_rng(self.epoch, start + j)
+                    held[j] = random_patch(next(records), self.scale, self.patch, rng)
+                    taken += 1
+                    if taken == len(needed):
+                        self.read_all.set()
+                lr, hr = held.pop(i)
+                lrs.append(lr)
+                hrs.append(hr)
+            yield {"lr": _to_tensor(lrs), "hr": _to_tensor(hrs), "index": torch.from_numpy(ids[picks])}
 
     def batch(self) -> dict[str, torch.Tensor]:
-        b = self.plan.batch_size
-        picks = self.emission[self.emitted : self.emitted + b]
-        lrs, hrs = [], []
-        for i in picks.tolist():
-            while i not in self.held:
-                j = next(self.needed)
-                rng = self.plan.sample_rng(self.epoch, self.start + j)
-                self.held[j] = random_patch(next(self.records), self.scale, self.patch, rng)
-            lr, hr = self.held.pop(i)
-            lrs.append(lr)
-            hrs.append(hr)
-        self.emitted += b
         self.next_batch += 1
-        index = torch.from_numpy(self.order[picks, 2].copy())
-        return {"lr": _to_tensor(lrs), "hr": _to_tensor(hrs), "index": index}
+        return next(self._batches)
 
     def close(self) -> None:
-        self.records.close()
+        self._batches.close()
+        self._records.close()
 
 
 class _RankDataset(IterableDataset):
@@ -155,24 +170,33 @@ class _RankDataset(IterableDataset):
         self.source, self.plan, self.rank, self.start = source, plan, rank, start
         self.scale, self.patch = scale, patch
 
+    def _reader(self, g: int) -> _ReaderEpoch:
+        epoch, _, reader, j = self.plan.locate(g)
+        return _ReaderEpoch(self.source, self.plan, epoch, self.rank, reader, j, self.scale, self.patch)
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         g = self.start + (info.id if info is not None else 0)
+        step = self.plan.num_readers
         current: _ReaderEpoch | None = None
+        upcoming: tuple[int, _ReaderEpoch] | None = None  # this worker's next epoch, started early
         try:
             while True:
-                epoch, _, reader, j = self.plan.locate(g)
-                if current is None or current.epoch != epoch or current.next_batch != j:
+                epoch, _, _, j = self.plan.locate(g)
+                if current is None or (current.epoch, current.next_batch) != (epoch, j):
                     if current is not None:
                         current.close()
-                    current = _ReaderEpoch(
-                        self.source, self.plan, epoch, self.rank, reader, j, self.scale, self.patch
-                    )
+                    current = upcoming[1] if upcoming is not None and upcoming[0] == g else self._reader(g)
+                    upcoming = None
                 yield current.batch()
-                g += self.plan.num_readers
+                g += step
+                if upcoming is None and current.read_all.is_set():
+                    g_next = g + step * (current.num_batches - current.next_batch)
+                    upcoming = (g_next, self._reader(g_next))
         finally:
-            if current is not None:
-                current.close()
+            for reader in (current, upcoming[1] if upcoming else None):
+                if reader is not None:
+                    reader.close()
 
 
 class TrainStream:
