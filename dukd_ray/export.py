@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dukd_ray.models import ARCHS, PRESET_NAMES, CheckpointError, build_from_checkpoint
-from dukd_ray.storage import StorageError, redact_url, write_bytes_atomic
-from dukd_ray.upscale import image_to_tensor
+from dukd_ray.storage import redact_url, write_bytes_atomic
+from dukd_ray.upscale import SETUP_ERRORS, add_checkpoint_args, image_to_tensor, model_from_args
 
 FORMATS = ("onnx", "torchscript")
 FP32_TOLERANCE = 1e-4
@@ -208,14 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dukd_ray.export",
         description="Export a trained SR model to ONNX or TorchScript (dynamic B/H/W), verified first.",
     )
-    p.add_argument(
-        "--checkpoint", required=True, help=".pth/.safetensors from a run, or a foreign checkpoint"
-    )
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="output file (local path or fsspec URL)")
-    p.add_argument("--arch", choices=sorted(ARCHS), help="only for foreign checkpoints (ours carry it)")
-    p.add_argument("--scale", type=int, help="only for foreign checkpoints (ours carry it)")
-    p.add_argument("--preset", choices=PRESET_NAMES, help="model size of a foreign checkpoint")
+    add_checkpoint_args(p)
     p.add_argument("--fp16", action="store_true", help="float16 weights and I/O (ONNX only)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     return p
@@ -228,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fp16 and args.format != "onnx":
         parser.error("--fp16 is only offered for --format onnx")
     try:
-        model = build_from_checkpoint(args.checkpoint, arch=args.arch, scale=args.scale, preset=args.preset)
-    except (CheckpointError, FileNotFoundError, ValueError, StorageError) as e:
+        model = model_from_args(args)
+    except SETUP_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:

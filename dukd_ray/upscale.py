@@ -140,6 +140,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# what a wrong command line (bad checkpoint, missing input, unreachable storage) raises before any work
+SETUP_ERRORS = (CheckpointError, FileNotFoundError, ValueError, StorageError)
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """--checkpoint and, for foreign checkpoints, --arch/--scale/--preset (shared with the export CLI)."""
+    p.add_argument(
+        "--checkpoint", required=True, help=".pth/.safetensors from a run, or a foreign checkpoint"
+    )
+    p.add_argument("--arch", choices=sorted(ARCHS), help="only for foreign checkpoints (ours carry it)")
+    p.add_argument("--scale", type=int, help="only for foreign checkpoints (ours carry it)")
+    p.add_argument("--preset", choices=PRESET_NAMES, help="model size of a foreign checkpoint")
+
+
+def model_from_args(args: argparse.Namespace) -> nn.Module:
+    """The checkpoint's model in eval mode, on the CPU."""
+    return build_from_checkpoint(args.checkpoint, arch=args.arch, scale=args.scale, preset=args.preset)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dukd_ray.upscale",
@@ -170,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.amp and device.type != "cuda":
         parser.error(f"--amp (bfloat16) needs a CUDA device, got --device {args.device} -> {device}")
     if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
@@ -177,9 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"need --tile > --tile-overlap >= 0, got --tile {args.tile} --tile-overlap {args.tile_overlap}"
         )
     try:
-        model = build_from_checkpoint(args.checkpoint, arch=args.arch, scale=args.scale, preset=args.preset)
+        model = model_from_args(args)
         tasks = find_images(args.inputs, args.out)
-    except (CheckpointError, FileNotFoundError, ValueError, StorageError) as e:
+    except SETUP_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model = model.to(device).eval()
