@@ -41,7 +41,9 @@ PAPER_PATCH = 48  # LR patch side in pixels
 # uint8 RGB; the stream takes one random patch per crop it reads (data issue), so every training sample
 # costs one whole crop pair of storage reads.
 HR_CROP = 480
-DIV2K_CROPS_X4 = 32_208  # BasicSR's extract_subimages on DIV2K train HR (480 px, step 240)
+# BasicSR's extract_subimages on the 800 DIV2K train HR images (480 px, step 240): the count of lines of
+# its basicsr/data/meta_info/meta_info_DIV2K800sub_GT.txt
+DIV2K_CROPS = 32_592
 
 
 @dataclass(frozen=True)
@@ -256,8 +258,8 @@ def markdown(costs: list[IterationCost], mfu: float) -> str:
         "",
         f"Shard bytes read per GPU over the run: {PAPER_ITERATIONS:,} x {costs[0].batch} x "
         f"{crop_pair_bytes(costs[0].scale):,} B = {run_tb:.2f} TB "
-        f"(the packed DIV2K x{costs[0].scale} set is {DIV2K_CROPS_X4:,} crops = "
-        f"{DIV2K_CROPS_X4 * crop_pair_bytes(costs[0].scale) / 1e9:.1f} GB).",
+        f"(the packed DIV2K x{costs[0].scale} set is {DIV2K_CROPS:,} crops = "
+        f"{DIV2K_CROPS * crop_pair_bytes(costs[0].scale) / 1e9:.1f} GB).",
     ]
     return "\n".join(lines)
 
