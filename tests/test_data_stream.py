@@ -13,6 +13,7 @@ import torch
 from dukd_ray.data import build_train_stream
 from dukd_ray.data.pack import pack
 from dukd_ray.data.plan import StreamPlan
+from dukd_ray.data.sources import ShardSource
 from dukd_ray.data.stream import random_patch
 from dukd_ray.eval.resize import imresize
 
@@ -89,10 +90,16 @@ def test_every_epoch_covers_every_crop_with_equal_batches_per_rank(packed, batch
     assert not torch.equal(first, second)  # each epoch is reshuffled
 
 
-def test_patches_are_aligned_floats(packed):
+def test_patches_are_aligned_floats_cut_from_the_indexed_crops(packed):
     prefix, opts, _ = packed
+    source = ShardSource(prefix, SCALE, opts)
+    requests = [(u, r) for u, n in enumerate(source.counts) for r in range(n)]
+    crops = [lr for _, _, lr in source.iter_records(requests)]  # LR crops by record id
     (stream,) = rank_streams(prefix, opts, 4, world_size=1)
     for batch in take(stream, 3):
+        for lr, idx in zip(batch["lr"], batch["index"].tolist(), strict=True):
+            patch = (lr.permute(1, 2, 0) * 255).round().byte().numpy()
+            _which_transform(crops[idx], patch)  # raises unless the patch is a flipped/transposed crop
         lr, hr = batch["lr"], batch["hr"]
         assert lr.dtype == hr.dtype == torch.float32
         assert lr.shape == (4, 3, PATCH, PATCH) and hr.shape == (4, 3, SCALE * PATCH, SCALE * PATCH)
