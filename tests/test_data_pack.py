@@ -164,3 +164,12 @@ def test_pack_rejects_crops_off_the_lr_grid(sample_data, tmp_path, flag, value):
     kwargs = {"crop": CROP, "step": STEP, flag[2:]: value}
     with pytest.raises(ValueError, match=flag):
         pack(sample_data.train_url, str(tmp_path / "x"), SCALE, progress=False, **kwargs)
+
+
+def test_repacking_over_a_pack_of_another_version_starts_from_scratch(sample_data, tmp_path):
+    dst = tmp_path / "shards"
+    pack(sample_data.train_url, str(dst), SCALE, 192, 192, shard_size_mb=1, progress=False)
+    body = json.loads((dst / "manifest.json").read_bytes())
+    (dst / "manifest.json").write_text(json.dumps({**body, "version": 99}))
+    pack(sample_data.train_url, str(dst), SCALE, 192, 192, shard_size_mb=1, progress=False)
+    assert load_manifest(str(dst), SCALE).num_records == body["num_records"]

@@ -202,11 +202,14 @@ def _previous_run(dst: str, options: dict[str, Any] | None) -> tuple[dict, list[
             data = read_bytes(url, options)
         except FileNotFoundError:
             continue
-        if name == MANIFEST_NAME:
-            m = parse_manifest(data, url)
-            return m.meta["pack"]["params"], list(m.shards), m.meta["pack"]["ends"]
-        body = json.loads(data)
-        return body["params"], [ShardInfo(**s) for s in body["shards"]], body["ends"]
+        try:
+            if name == MANIFEST_NAME:
+                m = parse_manifest(data, url)
+                return m.meta["pack"]["params"], list(m.shards), m.meta["pack"]["ends"]
+            body = json.loads(data)
+            return body["params"], [ShardInfo(**s) for s in body["shards"]], body["ends"]
+        except (ShardFormatError, ValueError, KeyError, TypeError) as e:  # another version, or damaged
+            log.warning("ignoring %s (%s); packing from scratch", redact_url(url), e)
     return None
 
 
