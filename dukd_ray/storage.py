@@ -67,13 +67,15 @@ def join(url: str, *parts: str) -> str:
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 0.5) -> T:
     """Run `fn` with exponential backoff on transient errors; raise StorageError naming `what`.
 
-    Missing objects and permission errors are not transient: they fail at once.
+    Missing objects and refused credentials are not transient: they fail at once.
     """
     last: BaseException | None = None
     for i in range(attempts):
         try:
             return fn()
-        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+        except PermissionError as e:  # s3fs says just "Forbidden": name the URL
+            raise StorageError(f"access denied to {redact_url(what)} (credentials?): {_redact_msg(e)}") from None
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise
         except (OSError, TimeoutError, ConnectionError) as e:  # network, throttling, 5xx
             last = e
