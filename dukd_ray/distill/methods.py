@@ -142,7 +142,7 @@ def _dukd(step: _Step) -> Losses:
     step.optimizer.zero_grad()
     terms = _real_pair_terms(step, t_lr)
     if cfg.step_mode == "paper":
-        _descend(step, terms)
+        _descend(step, terms)  # step A; its gradient stays in .grad for step B
     upcycled: Losses = {}
     if zoom_in is not None:
         s_zoom_in = invert_ops(step.student_out(apply_ops(zoom_in, flags)), flags)
@@ -151,12 +151,8 @@ def _dukd(step: _Step) -> Losses:
         s_down = step.student_out(lr_down)
         zoom_out = cfg.w_pix * F.l1_loss(s_down, lr) + cfg.w_kd * F.l1_loss(s_down, t_lr_down)
         upcycled["loss_zoom_out"] = cfg.w_zoom_out * zoom_out
-    if cfg.step_mode == "paper":
-        _descend(step, upcycled)
-        return terms | upcycled
-    terms |= upcycled
-    _descend(step, terms)
-    return terms
+    _descend(step, upcycled if cfg.step_mode == "paper" else terms | upcycled)
+    return terms | upcycled
 
 
 def _real_pair_terms(step: _Step, t_lr: torch.Tensor) -> Losses:
