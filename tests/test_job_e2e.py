@@ -1,0 +1,133 @@
+"""End to end, as a user runs it: a Ray cluster (`ray start --head`), data and storage on S3 (moto),
+`ray job submit -- python jobs/train_teacher.py ...` then `ray job submit -- python jobs/edsr_x4.py ...`.
+
+The S3 endpoint reaches the jobs through `runtime_env` env vars, the (fake) credentials through the
+cluster's environment, as instance credentials would on a real cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import s3fs
+
+from dukd_ray.models import build_arch, load_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _pids_of(temp_dir: str) -> list[int]:
+    """Processes whose command line names `temp_dir` (every process of a cluster started with it)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if temp_dir.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:  # exited meanwhile
+                pass
+    return pids
+
+
+def _stop_cluster(temp_dir: str) -> None:
+    """Stop *this* cluster's processes by pid (`ray stop` would kill every Ray process on the machine)."""
+    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        pids = _pids_of(temp_dir)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.5)
+            pids = _pids_of(temp_dir)
+        if not pids:
+            return
+
+
+@pytest.fixture
+def ray_head():
+    """A one-node Ray cluster on 127.0.0.1 with the job server; yields (dashboard address, env)."""
+    gcs, dashboard, client, agent = _free_ports(4)
+    temp_dir = tempfile.mkdtemp(prefix="ray-e2e-", dir="/tmp")  # short: Ray's socket paths must fit
+    env = {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # token auth with a token of its own: the cluster and `ray job submit` both read it from here
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # the jobs' `python`
+    }
+    env.pop("RAY_ADDRESS", None)
+    command = ["ray", "start", "--head", "--num-cpus", "2", "--port", str(gcs)]
+    command += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--temp-dir", temp_dir]
+    command += ["--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent)]
+    command += ["--disable-usage-stats"]
+    try:
+        subprocess.run(command, env=env, check=True, capture_output=True, text=True, timeout=180)
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        _stop_cluster(temp_dir)
+
+
+def _submit(address: str, env: dict[str, str], endpoint: str, *job: str) -> str:
+    runtime_env = {"env_vars": {"DUKD_S3_ENDPOINT_URL": endpoint}}
+    command = ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO)]
+    command += ["--runtime-env-json", json.dumps(runtime_env), "--", "python", *job]
+    began = time.monotonic()
+    proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=540)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"job {job[0]} failed after {time.monotonic() - began:.0f}s:\n{out[-6000:]}"
+    assert "succeeded" in out
+    return out
+
+
+def test_cluster_job_trains_teacher_then_distils_student_on_s3(ray_head, s3_bucket, sample_data):
+    address, env = ray_head
+    bucket, opts = s3_bucket
+    fs = s3fs.S3FileSystem(**opts)
+    root = bucket.removeprefix("s3://")
+    fs.put(sample_data.train_url, f"{root}/data/train", recursive=True)
+    fs.put(sample_data.benchmark_url, f"{root}/data/benchmark", recursive=True)
+    common = ["--tiny", "--no-gpu", "--max-steps", "4", "--storage", f"{bucket}/runs"]
+    common += ["--data", f"{bucket}/data/train", "--val-data", f"{bucket}/data/benchmark"]
+
+    _submit(address, env, opts["endpoint_url"], "jobs/train_teacher.py", "--arch", "edsr", "--scale", "4",
+            "--name", "teacher", *common)  # fmt: skip
+    teacher = f"{bucket}/runs/teacher/teacher.pth"
+    assert fs.exists(teacher.removeprefix("s3://"))
+    out = _submit(address, env, opts["endpoint_url"], "jobs/edsr_x4.py", "--teacher", teacher,
+                  "--num-workers", "2", "--name", "student", *common)  # fmt: skip
+    assert "[dukd] done: 4 steps" in out
+
+    run = f"{root}/runs/student"
+    files = {path.removeprefix(run + "/") for path in fs.find(run)}
+    for name in ("student.pth", "student.safetensors", "report.md", "report.html", "curves.png", "crops.png"):
+        assert name in files, f"{name} missing from {sorted(files)}"
+    assert {"checkpoint_000000004/train_state.pt", "checkpoint_000000004/rank_1.pt"} <= files
+    assert any(f.startswith("tensorboard/events.out.tfevents.") for f in files)
+    report = fs.cat_file(f"{run}/report.md").decode()
+    assert "| teacher (tiny_teacher) |" in report and "| student (tiny_student, dukd, EMA) |" in report
+    student = build_arch("edsr", 4, preset="tiny_student")
+    assert load_pretrained(student, f"{bucket}/runs/student/student.pth", storage_options=opts).complete
