@@ -13,7 +13,6 @@ import copy
 import statistics
 import time
 import weakref
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,8 +78,7 @@ def count_params(model: nn.Module) -> int:
 
 
 def _state_bytes(model: nn.Module) -> int:
-    tensors: Iterable[torch.Tensor] = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def measure_cost(model: nn.Module, lr_size: tuple[int, int] = DEFAULT_LR_SIZE) -> ModelCost:
@@ -88,7 +86,7 @@ def measure_cost(model: nn.Module, lr_size: tuple[int, int] = DEFAULT_LR_SIZE) -
 
     MACs are `FlopCounterMode`'s FLOPs / 2 (convolutions, matmuls and attention; element-wise
     ops are not counted, as in the SR literature). Peak memory is the weights plus the largest
-    total of live tensors during the forward, in fp32 on a non-caching allocator (CPU).
+    total of live tensors during the forward, as a non-caching allocator (PyTorch's CPU one) holds it.
     """
     h, w = lr_size
     meta_model = copy.deepcopy(model).to("meta").eval()
@@ -115,7 +113,8 @@ def measure_latency(
 ) -> float:
     """Median wall-clock seconds of one inference forward on a random (1, 3, h, w) input on `device`.
 
-    Warm-up runs come first (oneDNN/cuDNN pick their kernels on the first call).
+    Warm-up runs come first (oneDNN/cuDNN pick their kernels on the first call). The model is moved to
+    `device` and put in eval mode.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
