@@ -159,11 +159,6 @@ def read_checkpoint(folder: str, rank: int, world_size: int, device: torch.devic
     return Restored(step, train_state, rank_state, history, resumes=[*meta["resumes"], step])
 
 
-def read_json(folder: str, name: str) -> Any:
-    with open(os.path.join(folder, name)) as f:
-        return json.load(f)
-
-
 def _write_json(path: str, value: Any) -> None:
     with open(path, "w") as f:
         json.dump(value, f, allow_nan=True)

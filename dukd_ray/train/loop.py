@@ -113,7 +113,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if teacher is not None:
                 scores = evaluate_distributed(teacher, sets, cfg.model.scale, device, **evaluate)
                 metrics.update(flatten(scores, prefix="teacher/"))
-            metrics.update(flatten(bicubic_scores(sets, cfg.model.scale), prefix="bicubic/"))
+            if rank == 0:  # the same on every rank, and only rank 0's metrics are kept
+                metrics.update(flatten(bicubic_scores(sets, cfg.model.scale), prefix="bicubic/"))
         history.append(metrics)
         if tensorboard:
             tensorboard.scalars(step, metrics)

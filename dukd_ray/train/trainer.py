@@ -51,10 +51,10 @@ def build_trainer(
 ) -> TorchTrainer:
     """A TorchTrainer for `cfg`; `callbacks` go into RunConfig (Tune passes TuneReportCallback there).
 
-    `check=False` skips `prepare` for a config that already went through it.
+    `check=False` skips the input checks (for a config that already passed `prepare`, or a sweep's
+    trials that only vary the objective); defaults are resolved either way.
     """
-    if check:
-        cfg = prepare(cfg)
+    cfg = prepare(cfg) if check else resolve(cfg)
     storage_path, storage_filesystem = ray_storage(cfg.run.storage, cfg.data.storage_options or None)
     return TorchTrainer(
         train_loop_per_worker,
