@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from fsspec.implementations.local import LocalFileSystem
-
 from dukd_ray import storage
+from dukd_ray.train import trainer
 from dukd_ray.train.config import SECTIONS, JobConfig
+from dukd_ray.train.preflight import is_local
 from dukd_ray.tune import results
 from dukd_ray.tune.space import PAPER_POINT, SearchSpace, SpaceError, check_values, parse_space
 
@@ -41,6 +41,9 @@ SPEC_FILE = "sweep.json"
 TRAIN_RUNS = "train_runs"
 SUMMARY = "summary"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A trial's function only drives its TorchTrainer (the workers reserve CPUs/GPUs through the
+# ScalingConfig); Tune refuses a zero request ("empty head and zero worker bundles", ray.md).
+_DRIVER_RESOURCES = {"cpu": 0.01}
 FIELDS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in SECTIONS.items()}
 
 
@@ -70,6 +73,10 @@ class SweepSpec:
     max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs hold
     seed: int | None = None  # None: the base config's train.seed
     storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if is_local(self.storage):  # Tune and Train want absolute local paths
+            self.storage = os.path.abspath(os.path.expanduser(self.storage.removeprefix("file://")))
 
     @property
     def url(self) -> str:
@@ -143,7 +150,8 @@ def resolve_start(space: SearchSpace, base: JobConfig) -> list[dict[str, Any]]:
 
 
 def prepare(spec: SweepSpec) -> tuple[JobConfig, SearchSpace, list[dict[str, Any]]]:
-    """Check every setting and the space against the job config, before Ray starts anything."""
+    """Check the settings, the space (against the job config) and the job's inputs (teacher, data,
+    storage), before Ray starts anything; returns the resolved base config every trial starts from."""
     _check_settings(spec)
     base = JobConfig.from_dict(spec.base)
     space = parse_space(spec.space_text, FIELDS, source=spec.space_source)
@@ -154,18 +162,23 @@ def prepare(spec: SweepSpec) -> tuple[JobConfig, SearchSpace, list[dict[str, Any
         raise SweepError(f"{space.source}: 'grid' cannot be used with --search optuna (use 'choice')")
     if spec.search == "random" and space.has_grid and points:
         raise SweepError(f"{space.source}: 'start' points cannot be combined with 'grid' keys")
-    return base, space, points
+    base.run.num_workers, base.run.use_gpu = spec.workers_per_trial, spec.gpus_per_trial > 0
+    base.run.storage, base.run.name = storage.join(spec.url, TRAIN_RUNS), spec.name
+    return trainer.prepare(base), space, points
 
 
 def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[Any] = ()) -> SweepOutcome:
-    """Run (or, with `resume`, continue) the sweep, then write its summary; returns where everything is."""
+    """Run (or, with `resume`, continue) the sweep, then write its summary; returns where everything is.
+
+    `tune_callbacks` (Tune `Callback`s) are saved with the sweep and come back on resume.
+    """
     base, space, points = prepare(spec)
     import ray
     from ray import tune
 
-    tune_path, tune_fs = _tune_storage(spec.url, spec.storage_options)
+    exp_path, exp_fs = trainer.ray_storage(spec.url, spec.storage_options)
     spec_url = storage.join(spec.url, SPEC_FILE)
-    exists = tune.Tuner.can_restore(tune_path, storage_filesystem=tune_fs)
+    exists = tune.Tuner.can_restore(exp_path, storage_filesystem=exp_fs)
     if resume:
         _check_resume(spec, spec_url, exists)
     elif exists or storage.exists(spec_url, spec.storage_options):
@@ -174,32 +187,31 @@ def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[An
             "pass --resume to continue it, or choose another --name"
         )
     else:
-        storage.write_bytes_atomic(
-            spec_url, json.dumps(spec.comparable(), indent=2).encode(), spec.storage_options
-        )
+        saved = json.dumps(spec.comparable(), indent=2).encode()
+        storage.write_bytes_atomic(spec_url, saved, spec.storage_options)
 
     if not ray.is_initialized():
         ray.init()
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            _trial_driver, base=base.to_dict(), space_text=spec.space_text, spec_url=spec.url
-        ),
-        {"cpu": 0.01},
+    driver = tune.with_parameters(
+        _trial_driver,
+        base=base.to_dict(),
+        space_text=spec.space_text,
+        gpus_per_worker=spec.gpus_per_trial / spec.workers_per_trial,
     )
+    trainable = tune.with_resources(driver, _DRIVER_RESOURCES)
     if resume:
         log.info("resuming the sweep at %s", storage.redact_url(spec.url))
-        tuner = tune.Tuner.restore(
-            tune_path, trainable=trainable, resume_errored=True, storage_filesystem=tune_fs
-        )
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=exp_fs)
     else:
+        root_path, root_fs = trainer.ray_storage(spec.storage, spec.storage_options)
         tuner = tune.Tuner(
             trainable,
             param_space=space.to_tune(),
             tune_config=_tune_config(spec, base, space, points),
             run_config=tune.RunConfig(
                 name=spec.name,
-                storage_path=tune_path,
-                storage_filesystem=tune_fs,
+                storage_path=root_path,
+                storage_filesystem=root_fs,
                 callbacks=list(tune_callbacks),
                 failure_config=tune.FailureConfig(max_failures=0),  # Ray Train already retries workers
                 verbose=1,
@@ -214,8 +226,8 @@ def summarize(spec: SweepSpec, space: SearchSpace | None = None) -> SweepOutcome
     from ray.tune import ExperimentAnalysis
 
     space = space or parse_space(spec.space_text, FIELDS, source=spec.space_source)
-    tune_path, tune_fs = _tune_storage(spec.url, spec.storage_options)
-    analysis = ExperimentAnalysis(tune_path, storage_filesystem=tune_fs)
+    exp_path, exp_fs = trainer.ray_storage(spec.url, spec.storage_options)
+    analysis = ExperimentAnalysis(exp_path, storage_filesystem=exp_fs)
     records = [_record(trial, space, analysis) for trial in analysis.trials]
     base = JobConfig.from_dict(space.constants, base=JobConfig.from_dict(spec.base))
     ranked = [r for r in results.rank(records) if r.best is not None]
@@ -231,43 +243,75 @@ def summarize(spec: SweepSpec, space: SearchSpace | None = None) -> SweepOutcome
     return SweepOutcome(url=spec.url, records=records, files=files)
 
 
-def _trial_driver(config: dict[str, Any], base: dict[str, Any], space_text: str, spec_url: str) -> None:
+def _trial_driver(
+    config: dict[str, Any], base: dict[str, Any], space_text: str, gpus_per_worker: float
+) -> None:
     """One trial: the base job config + this trial's values, trained by the job's own TorchTrainer."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from dukd_ray.train.trainer import build_trainer
-
     space = parse_space(space_text, FIELDS)
     cfg = JobConfig.from_dict(space.decode(config), base=JobConfig.from_dict(base))
-    cfg.run.storage = storage.join(spec_url, TRAIN_RUNS)
-    cfg.run.name = tune.get_context().get_trial_id()  # same name on resume: Train continues that run
-    build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+    cfg.run.name = tune.get_context().get_trial_id()  # the same on resume: Train continues that run
+    job = trainer.build_trainer(cfg, callbacks=[TuneReportCallback()], check=False)  # base was checked
+    if 0 < gpus_per_worker < 1:
+        job = _with_gpu_share(job, gpus_per_worker)
+    job.fit()
+
+
+def _with_gpu_share(job: Any, gpus_per_worker: float) -> Any:
+    """The same TorchTrainer with workers that reserve a fraction of a GPU (two 0.5 trials share one).
+
+    `build_trainer` reserves whole GPUs (`use_gpu=True` means one per worker) and the job config has no
+    per-worker GPU field, so the trainer is rebuilt from its own parts with Ray's documented override,
+    `ScalingConfig(resources_per_worker={"GPU": f})`.
+    """
+    from ray.train.torch import TorchTrainer
+
+    scaling = dataclasses.replace(job.scaling_config, resources_per_worker={"GPU": gpus_per_worker})
+    return TorchTrainer(
+        job.train_loop_per_worker,
+        train_loop_config=job.train_loop_config,
+        torch_config=job.backend_config,
+        scaling_config=scaling,
+        run_config=job.run_config,
+    )
 
 
 def _tune_config(spec: SweepSpec, base: JobConfig, space: SearchSpace, points: list[dict[str, Any]]) -> Any:
     from ray import tune
 
     seed = base.train.seed if spec.seed is None else spec.seed
+    concurrent = spec.max_concurrent or _fitting_trials(spec)
+    encoded = [space.encode_point(p) for p in points]
     if spec.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        flat = [{f"{k.replace('.', '/')}": v for k, v in _flat_encoded(space, p).items()} for p in points]
-        search_alg = OptunaSearch(points_to_evaluate=flat or None, seed=seed)
+        flat = [
+            {f"{s}/{k}": v for s, body in p.items() for k, v in body.items()} for p in encoded
+        ]  # Optuna's keys
+        search_alg = ConcurrencyLimiter(OptunaSearch(points_to_evaluate=flat or None, seed=seed), concurrent)
     else:
         from ray.tune.search import BasicVariantGenerator
 
-        encoded = [space.encode_point(p) for p in points]
-        search_alg = BasicVariantGenerator(points_to_evaluate=encoded or None, random_state=seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator passed in: set it here
+        search_alg = BasicVariantGenerator(
+            points_to_evaluate=encoded or None, max_concurrent=concurrent, random_state=seed
+        )
     return tune.TuneConfig(
         metric=METRIC,
         mode=MODE,
         search_alg=search_alg,
         scheduler=_scheduler(spec, base, space),
         num_samples=spec.num_samples,
-        max_concurrent_trials=spec.max_concurrent or _fitting_trials(spec),
-        trial_dirname_creator=lambda trial: trial.trial_id,
+        trial_dirname_creator=_trial_dirname,
     )
+
+
+def _trial_dirname(trial: Any) -> str:
+    """Trial folders named by trial id, the same id as the trial's Train run (`train_runs/<id>`)."""
+    return trial.trial_id
 
 
 def _scheduler(spec: SweepSpec, base: JobConfig, space: SearchSpace) -> Any:
@@ -282,6 +326,9 @@ def _scheduler(spec: SweepSpec, base: JobConfig, space: SearchSpace) -> Any:
             max_t=base.train.max_steps,
             grace_period=grace,
             reduction_factor=spec.reduction_factor,
+            # a trial reaching max_t ends by itself (its Train run then writes the exports and report);
+            # stopping it at its last report would kill that run mid-way
+            stop_last_trials=False,
         )
     raise SweepError(f"unknown scheduler {spec.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
 
@@ -332,7 +379,7 @@ def _check_resume(spec: SweepSpec, spec_url: str, exists: bool) -> None:
         raise SweepError(
             f"--resume: {storage.redact_url(spec_url)} is missing; was this sweep made here?"
         ) from None
-    now = json.loads(json.dumps(spec.comparable()))
+    saved, now = _flatten(saved), _flatten(json.loads(json.dumps(spec.comparable())))
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
         raise SweepError(
@@ -341,24 +388,20 @@ def _check_resume(spec: SweepSpec, spec_url: str, exists: bool) -> None:
         )
 
 
-def _tune_storage(url: str, storage_options: dict[str, Any] | None) -> tuple[str, Any]:
-    """Tune's (storage path, pyarrow filesystem) for any fsspec URL: local paths go as they are, other
-    filesystems through pyarrow's fsspec handler (Tune takes pyarrow filesystems only)."""
-    fs, path = storage.get_fs(url, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        return os.path.abspath(os.path.expanduser(path)), None
-    import pyarrow.fs
-
-    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a.b.c": value}, so a settings mismatch names the exact key."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _values(cfg: JobConfig) -> dict[str, Any]:
     """`section.field` -> value of a config, as plain YAML values."""
     return {f"{s}.{k}": v for s, body in cfg.to_dict().items() for k, v in body.items()}
-
-
-def _flat_encoded(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, body in space.encode_point(point).items() for k, v in body.items()}
 
 
 def _record(trial: Any, space: SearchSpace, analysis: Any) -> results.TrialRecord:

@@ -1,0 +1,75 @@
+"""The sweep CLI's checks, all before Ray starts, and the fractional-GPU trainer of a trial."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from dukd_ray.train.config import JobConfig
+from dukd_ray.train.trainer import build_trainer
+from dukd_ray.tune import cli
+from dukd_ray.tune.sweep import _with_gpu_share
+
+
+@pytest.fixture
+def args(tmp_path):
+    return ["--tiny", "--storage", str(tmp_path / "sweeps"), "--name", "s"]
+
+
+def _exit_message(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--space", "nope"], "search space not found: nope (shipped spaces: default, paper_rows)"),
+        (["--gpus-per-trial", "0.5", "--workers-per-trial", "2"], "DDP ranks cannot share a GPU"),
+        (["--gpus-per-trial", "3", "--workers-per-trial", "2"], "one GPU per worker"),
+        (["--num-samples", "0"], "--num-samples: expected an integer >= 1"),
+        (["--reduction-factor", "1"], "--reduction-factor: expected a number > 1"),
+        (["--name", "a/b"], "run.name: expected a name of letters"),
+        (["--set", "distill.w_pixel=2"], "unknown config key 'distill.w_pixel'"),
+        (
+            ["--num-workers", "2"],
+            "--num-workers is a job flag; a sweep sizes each trial with --workers-per-trial",
+        ),
+        (["--no-gpu"], "--no-gpu is a job flag; a sweep sizes each trial with --gpus-per-trial 0"),
+    ],
+)
+def test_bad_settings_exit_before_ray_starts(capsys, args, extra, match):
+    assert match in _exit_message(capsys, [*args, *extra])
+    assert not ray.is_initialized()
+
+
+def test_bad_space_exits_naming_file_and_key(capsys, args, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  w_pix: {uniform: [1, 5]}\n  lc_ops: {subsets: [invert, rotate]}\n")
+    err = _exit_message(capsys, [*args, "--space", str(space)])
+    assert f"{space}: key 'distill.lc_ops' value ['rotate']" in err and "unknown op" in err
+    space.write_text("space:\n  w_pix: {choice: []}\n")
+    assert f"{space}: key 'w_pix': 'choice' needs a non-empty list" in _exit_message(
+        capsys, [*args, "--space", str(space)]
+    )
+    assert not ray.is_initialized()
+
+
+def test_missing_teacher_exits_before_ray_starts(capsys, args, tmp_path):
+    err = _exit_message(capsys, [*args, "--teacher", str(tmp_path / "missing.pth")])
+    assert "model.teacher" in err and "missing.pth" in err
+    assert not ray.is_initialized()
+
+
+def test_fractional_gpu_trial_keeps_the_jobs_trainer_but_reserves_a_share():
+    cfg = JobConfig.from_preset("edsr_x4", tiny=True)
+    cfg.run.use_gpu, cfg.run.name = True, "trial"
+    job = build_trainer(cfg, check=False)
+    assert job.scaling_config.num_gpus_per_worker == 1
+    shared = _with_gpu_share(job, 0.5)
+    assert shared.scaling_config.num_gpus_per_worker == 0.5 and shared.scaling_config.use_gpu
+    assert shared.scaling_config.total_resources == {"GPU": 0.5}  # two such trials fit one GPU
+    assert shared.run_config is job.run_config and shared.train_loop_config == job.train_loop_config
+    assert shared.train_loop_per_worker is job.train_loop_per_worker

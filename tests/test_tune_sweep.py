@@ -1,0 +1,171 @@
+"""Tiny real sweeps: Ray Tune driving one Ray Train run per trial on the embedded sample data.
+
+Each trial is the `--tiny` EDSR x4 job for 6 steps, validating every 2, with a tiny (untrained) teacher
+made here. Trials run one at a time (`--max-concurrent 1`) so the order ASHA sees them in is fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+
+import fsspec
+import pytest
+import ray
+from ray import tune
+
+from dukd_ray.models import build_arch, save_weights
+from dukd_ray.train.cli import apply_args, build_parser
+from dukd_ray.train.config import JobConfig
+from dukd_ray.train.trainer import prepare
+from dukd_ray.tune import cli
+from dukd_ray.tune.results import BEST_CONFIG, TABLE_CSV
+from dukd_ray.tune.sweep import SweepError, run_sweep
+
+MAX_STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A 2-CPU local cluster whose State API address its workers are told explicitly.
+
+    Ray Train's PlacementGroupCleaner frees the workers of a trial that Tune stopped early; it finds the
+    cluster through the State API, which refuses to guess when other Ray instances run on the same
+    machine (other test sessions), so the dashboard address is passed to every worker.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=port, runtime_env={"env_vars": env})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def job_args(sample_data, tmp_path_factory):
+    """The job flags of every trial: tiny nets, the sample data, a tiny teacher, 6 steps."""
+    teacher = build_arch("edsr", 4, preset="tiny_teacher")
+    prefix = str(tmp_path_factory.mktemp("teacher") / "tiny_teacher")
+    save_weights(prefix, teacher, arch_spec=teacher.arch_spec)
+    return [
+        "--tiny",
+        "--teacher", f"{prefix}.pth",
+        "--data", sample_data.train_url,
+        "--val-data", sample_data.benchmark_url,
+        "--set", "data.val_sets=[Sample]",
+        "--max-steps", str(MAX_STEPS),
+        "--set", "train.val_every=2",
+        "--set", "train.ckpt_every=6",
+        "--set", "train.ema_decay=0",  # validate the student itself, so 2 steps already show its lr
+        "--max-concurrent", "1",
+    ]  # fmt: skip
+
+
+def _write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_asha_stops_hopeless_trials_on_s3_and_best_config_round_trips(
+    ray_cluster, job_args, s3_bucket, tmp_path
+):
+    bucket, opts = s3_bucket
+    # First a learning trial, then two whose lr is too small to move the student: ASHA compares each
+    # at the step-2 rung with the trials before it and stops them there.
+    space = _write(
+        tmp_path / "space.yaml", "space:\n  train.lr: {grid: [2.0e-3, 1.0e-9, 2.0e-9]}\n  w_pix: 5.0\n"
+    )
+    argv = [
+        *job_args,
+        "--space", space,
+        "--num-samples", "1",
+        "--scheduler", "asha", "--grace-period", "2", "--reduction-factor", "2",
+        "--storage", f"{bucket}/sweeps",
+        "--name", "asha",
+        "--set", f"data.storage_options={{endpoint_url: {opts['endpoint_url']}}}",
+    ]  # fmt: skip
+    outcome = cli.main(argv)
+
+    fs = fsspec.filesystem("s3", **opts)
+    rows = list(_csv(fs.cat(outcome.files[TABLE_CSV]).decode()))
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"terminated"}
+    by_lr = {float(r["train.lr"]): r for r in rows}
+    learner = by_lr[2e-3]
+    assert learner["rank"] == "1" and learner["early_stopped"] == "False"
+    assert int(learner["steps_run"]) == MAX_STEPS
+    stopped = [r for r in rows if r["early_stopped"] == "True"]
+    assert stopped, "ASHA stopped no trial"
+    assert all(int(r["steps_run"]) < MAX_STEPS for r in stopped)
+    assert fs.exists(f"{bucket}/sweeps/asha/train_runs/{learner['trial_id']}")
+
+    # the best config is the learning trial's full job config and passes the job CLI's checks as-is
+    local = tmp_path / "best.yaml"
+    local.write_bytes(fs.cat(outcome.files[BEST_CONFIG]))
+    cfg = apply_args(
+        JobConfig.from_preset("edsr_x4"), build_parser("job").parse_args(["--config", str(local)])
+    )
+    assert cfg.train.lr == 2e-3 and cfg.distill.w_pix == 5.0 and cfg.train.max_steps == MAX_STEPS
+    assert cfg.model.student_preset == "tiny_student" and cfg.data.val_sets == ["Sample"]
+    prepare(cfg)  # teacher, data and storage all usable
+
+
+class InterruptAfterFirstTrial(tune.Callback):
+    """Ctrl+C once the first trial completes (Tune then saves the experiment state and returns).
+
+    Tune saves its callbacks with the sweep, so the marker file keeps it from firing again on resume.
+    """
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, job_args, tmp_path):
+    space = _write(tmp_path / "space.yaml", "space:\n  w_kd: {grid: [1.0, 0.5]}\n")
+    argv = [*job_args, "--space", space, "--num-samples", "1", "--scheduler", "fifo"]
+    argv += ["--storage", str(tmp_path / "sweeps"), "--name", "resumable"]
+    spec = cli.spec_from_args(cli.build_sweep_parser().parse_args(argv))
+
+    first = run_sweep(spec, tune_callbacks=[InterruptAfterFirstTrial(str(tmp_path / "interrupted"))])
+    done = [r for r in first.records if r.status == "terminated"]
+    assert len(done) == 1 and done[0].steps_run == MAX_STEPS
+    assert len(first.records) < 2 or any(r.status == "unfinished" for r in first.records)
+    finished = done[0].trial_id
+    exp = tmp_path / "sweeps" / "resumable"
+    results_before = (exp / finished / "result.json").read_bytes()
+    run_files_before = sorted(p.name for p in (exp / "train_runs" / finished).iterdir())
+
+    with pytest.raises(SweepError, match="already exists.*--resume"):
+        run_sweep(spec)
+    with pytest.raises(SweepError, match=r"started with different settings \(base\.train\.lr, num_samples\)"):
+        run_sweep(
+            dataclasses.replace(
+                spec, num_samples=2, base={**spec.base, "train": {**spec.base["train"], "lr": 1e-3}}
+            ),
+            resume=True,
+        )
+
+    resumed = cli.main([*argv, "--resume"])
+    assert sorted(r.trial_id for r in resumed.records)[0] == finished
+    assert len(resumed.records) == 2
+    assert all(r.status == "terminated" and r.steps_run == MAX_STEPS for r in resumed.records)
+    assert {r.params["distill.w_kd"] for r in resumed.records} == {1.0, 0.5}
+    # the finished trial was not run again: its results and its Train run are untouched
+    assert (exp / finished / "result.json").read_bytes() == results_before
+    assert sorted(p.name for p in (exp / "train_runs" / finished).iterdir()) == run_files_before
+    assert json.loads((exp / "sweep.json").read_text())["name"] == "resumable"
+
+
+def _csv(text: str):
+    import csv
+    import io
+
+    return csv.DictReader(io.StringIO(text))
