@@ -30,6 +30,7 @@ def _exit_message(capsys, argv) -> str:
         (["--gpus-per-trial", "0.5", "--workers-per-trial", "2"], "DDP ranks cannot share a GPU"),
         (["--gpus-per-trial", "3", "--workers-per-trial", "2"], "one GPU per worker"),
         (["--num-samples", "0"], "--num-samples: expected an integer >= 1"),
+        (["--scheduler", "pbt"], "--scheduler pbt is not available yet"),
         (["--reduction-factor", "1"], "--reduction-factor: expected a number > 1"),
         (["--name", "a/b"], "run.name: expected a name of letters"),
         (["--set", "distill.w_pixel=2"], "unknown config key 'distill.w_pixel'"),
@@ -73,3 +74,21 @@ def test_fractional_gpu_trial_keeps_the_jobs_trainer_but_reserves_a_share():
     assert shared.scaling_config.total_resources == {"GPU": 0.5}  # two such trials fit one GPU
     assert shared.run_config is job.run_config and shared.train_loop_config == job.train_loop_config
     assert shared.train_loop_per_worker is job.train_loop_per_worker
+
+
+def test_optuna_starts_from_the_paper_point(tmp_path):
+    """Optuna's first suggestion is the `start` point (here the paper's row), op sets included."""
+    from dukd_ray.tune.space import parse_space
+    from dukd_ray.tune.sweep import FIELDS, SweepSpec, _tune_config, builtin_space, resolve_start
+
+    with open(builtin_space("default")) as f:
+        text = f.read()
+    base = JobConfig.from_preset("edsr_x2", tiny=True)
+    spec = SweepSpec(base.to_dict(), text, "default", str(tmp_path), "s", search="optuna", max_concurrent=2)
+    space = parse_space(text, FIELDS)
+    (paper,) = resolve_start(space, base)
+    search_alg = _tune_config(spec, base, space, [paper]).search_alg
+    search_alg.set_search_properties("val_psnr", "max", space.to_tune())
+    first = search_alg.suggest("t0")
+    assert space.decode(first) == paper
+    assert paper["distill.n_gt_sub"] == 2 and paper["distill.w_pix"] == 5.0  # EDSR x2 row

@@ -94,6 +94,7 @@ def plot_curves(records: Sequence[TrialRecord], title: str) -> bytes:
 
     matplotlib.use("Agg")  # no display on cluster nodes
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     try:
@@ -101,6 +102,7 @@ def plot_curves(records: Sequence[TrialRecord], title: str) -> bytes:
         for r in ranked:
             steps, psnr = zip(*sorted(r.history), strict=True)
             ax.plot(steps, psnr, marker="o", markersize=3, label=r.trial_id)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are integers
         ax.set_xlabel("training step")
         ax.set_ylabel("val PSNR (Y, dB)")
         ax.set_title(title)

@@ -303,7 +303,7 @@ def _tune_config(spec: SweepSpec, base: JobConfig, space: SearchSpace, points: l
         metric=METRIC,
         mode=MODE,
         search_alg=search_alg,
-        scheduler=_scheduler(spec, base, space),
+        scheduler=_scheduler(spec, base),
         num_samples=spec.num_samples,
         trial_dirname_creator=_trial_dirname,
     )
@@ -314,23 +314,20 @@ def _trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
 
-def _scheduler(spec: SweepSpec, base: JobConfig, space: SearchSpace) -> Any:
+def _scheduler(spec: SweepSpec, base: JobConfig) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if spec.scheduler == "fifo":
         return FIFOScheduler()
-    grace = spec.grace_period or base.train.val_every
-    if spec.scheduler == "asha":
-        return ASHAScheduler(
-            time_attr=TIME_ATTR,
-            max_t=base.train.max_steps,
-            grace_period=grace,
-            reduction_factor=spec.reduction_factor,
-            # a trial reaching max_t ends by itself (its Train run then writes the exports and report);
-            # stopping it at its last report would kill that run mid-way
-            stop_last_trials=False,
-        )
-    raise SweepError(f"unknown scheduler {spec.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
+    return ASHAScheduler(  # _check_settings admits asha and fifo only
+        time_attr=TIME_ATTR,
+        max_t=base.train.max_steps,
+        grace_period=spec.grace_period or base.train.val_every,
+        reduction_factor=spec.reduction_factor,
+        # a trial reaching max_t ends by itself (its Train run then writes the exports and report);
+        # stopping it at its last report would kill that run mid-way
+        stop_last_trials=False,
+    )
 
 
 def _fitting_trials(spec: SweepSpec) -> int:
@@ -343,7 +340,8 @@ def _fitting_trials(spec: SweepSpec) -> int:
     total = ray.cluster_resources()
     if spec.gpus_per_trial > 0:
         return max(1, math.floor(total.get("GPU", 0) / spec.gpus_per_trial + 1e-9))
-    return max(1, math.floor(total.get("CPU", 1) / spec.workers_per_trial))
+    per_trial = spec.workers_per_trial + _DRIVER_RESOURCES["cpu"]  # CPU workers take 1 CPU each
+    return max(1, math.floor(total.get("CPU", 1) / per_trial))
 
 
 def _check_settings(spec: SweepSpec) -> None:
@@ -351,6 +349,12 @@ def _check_settings(spec: SweepSpec) -> None:
         raise SweepError(f"--search: expected one of {', '.join(SEARCHES)}, got {spec.search!r}")
     if spec.scheduler not in SCHEDULERS:
         raise SweepError(f"--scheduler: expected one of {', '.join(SCHEDULERS)}, got {spec.scheduler!r}")
+    if spec.scheduler == "pbt":
+        raise SweepError(
+            "--scheduler pbt is not available yet: PBT copies a strong trial's weights into a weak one, "
+            "which needs each trial's Ray Train checkpoints as Tune checkpoints and a Train run that can "
+            "start from another run's checkpoint; use asha (stops weak trials) or fifo"
+        )
     if spec.num_samples < 1:
         raise SweepError(f"--num-samples: expected an integer >= 1, got {spec.num_samples}")
     if spec.workers_per_trial < 1:
