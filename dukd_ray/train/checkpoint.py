@@ -8,31 +8,45 @@ mid-write never leaves a checkpoint that a resume would pick up):
     rank_<r>.pt      every rank: python/numpy/torch(/cuda) RNG states, the distill generator and the
                      data position, which differ per rank, and the digest of its student replica
     history.json     rank 0: every reported metrics dict so far (curves in the report)
-    meta.json        rank 0: step, world size, the student's arch_spec, the steps the run resumed from
+    meta.json        rank 0, written last: step, world size, the student's arch_spec, the steps the run
+                     resumed from, and the byte size of every other file (the completeness check)
 
+A resume takes Ray's latest registered checkpoint (`ray.train.get_checkpoint()`), unless the run
+folder holds a newer *complete* one: a worker that dies right after a report can take the
+registration of that report's checkpoint with it, though every byte of it is in storage.
 All tensors are read back with `weights_only=True`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
+import re
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray.train
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from dukd_ray.storage import get_fs, with_retries
+from dukd_ray.train.collective import all_gather
 
 log = logging.getLogger(__name__)
 
 TRAIN_STATE = "train_state.pt"
 HISTORY = "history.json"
 META = "meta.json"
+
+
+_CHECKPOINT_RE = re.compile(r"checkpoint_(\d{9})")
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -78,17 +92,6 @@ def replica_digest(*models: nn.Module) -> str:
     return h.hexdigest()
 
 
-def check_replicas(step: int, *models: nn.Module) -> str:
-    """This rank's digest of `models`; raises if the replicas have drifted apart across ranks (collective)."""
-    digest = replica_digest(*models)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        digests: list[str | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(digests, digest)
-        if len(set(digests)) > 1:
-            raise RuntimeError(f"student replicas differ across ranks at step {step}: digests {digests}")
-    return digest
-
-
 @dataclass
 class Restored:
     """What a worker gets back from a checkpoint; `rank_state` is None when the world size changed."""
@@ -115,25 +118,39 @@ def write_checkpoint(
     history: list[dict[str, Any]],
     resumes: list[int],
 ) -> None:
-    """This rank's share of the checkpoint at `step` into the local `folder` (Ray uploads it); collective."""
-    digest = check_replicas(step, student, ema)  # validation runs on every rank's EMA: it must match too
-    rank_state = {"step": step, "rng": capture_rng(generator), "data": data_state, "replica_digest": digest}
-    torch.save(rank_state, os.path.join(folder, rank_file(rank)))
+    """This rank's share of the checkpoint at `step` into the local `folder` (Ray uploads it); collective.
+
+    Raises if the ranks' student/EMA replicas differ: validation runs on every rank's EMA.
+    """
+    rank_path = os.path.join(folder, rank_file(rank))
+    digest = replica_digest(student, ema)
+    torch.save(
+        {"step": step, "rng": capture_rng(generator), "data": data_state, "replica_digest": digest}, rank_path
+    )
+    shares = all_gather((digest, os.path.getsize(rank_path)))
+    if len({d for d, _ in shares}) > 1:
+        raise RuntimeError(f"student replicas differ across ranks at step {step}: {[d for d, _ in shares]}")
     if rank != 0:
         return
-    torch.save(
-        {
-            "step": step,
-            "student": student.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-        },
-        os.path.join(folder, TRAIN_STATE),
-    )
+    train_state = {
+        "step": step,
+        "student": student.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
+    torch.save(train_state, os.path.join(folder, TRAIN_STATE))
     _write_json(os.path.join(folder, HISTORY), history)
+    files = {rank_file(r): size for r, (_, size) in enumerate(shares)}
+    files |= {name: os.path.getsize(os.path.join(folder, name)) for name in (TRAIN_STATE, HISTORY)}
     arch_spec = getattr(student, "arch_spec", None)
-    meta = {"step": step, "world_size": world_size, "arch_spec": arch_spec, "resumes": resumes}
+    meta = {
+        "step": step,
+        "world_size": world_size,
+        "arch_spec": arch_spec,
+        "resumes": resumes,
+        "files": files,
+    }
     _write_json(os.path.join(folder, META), meta)
 
 
@@ -157,6 +174,58 @@ def read_checkpoint(folder: str, rank: int, world_size: int, device: torch.devic
         history = json.load(f)
     step = int(meta["step"])
     return Restored(step, train_state, rank_state, history, resumes=[*meta["resumes"], step])
+
+
+@contextlib.contextmanager
+def resume_folder(
+    ray_checkpoint: ray.train.Checkpoint | None, run_url: str, storage_options: dict[str, Any] | None
+) -> Iterator[str | None]:
+    """A local folder with the checkpoint to resume from, or None for a fresh start (see module doc)."""
+    found = latest_complete_checkpoint(run_url, storage_options)
+    registered = _step_of(ray_checkpoint.path) if ray_checkpoint else -1
+    if found and found[0] > registered:
+        step, fs, path, meta = found
+        log.warning(
+            "resuming from step %d: the run folder's latest complete checkpoint, unregistered by Ray", step
+        )
+        with tempfile.TemporaryDirectory() as local:
+            for name in [*meta["files"], META]:
+                with_retries(
+                    lambda n=name: fs.get_file(f"{path}/{n}", os.path.join(local, n)), f"{path}/{name}"
+                )
+            yield local
+    elif ray_checkpoint:
+        with ray_checkpoint.as_directory() as local:
+            yield local
+    else:
+        yield None
+
+
+def latest_complete_checkpoint(
+    run_url: str, storage_options: dict[str, Any] | None
+) -> tuple[int, Any, str, dict[str, Any]] | None:
+    """(step, filesystem, path, meta) of the newest checkpoint folder whose files all have their sizes."""
+    fs, run_path = get_fs(run_url, storage_options)
+    try:
+        entries = with_retries(lambda: fs.ls(run_path, detail=False), run_url)
+    except FileNotFoundError:
+        return None
+    folders = sorted(((_step_of(e), e.rstrip("/")) for e in entries), reverse=True)
+    for step, path in folders:
+        if step < 0:
+            continue
+        try:
+            meta = json.loads(with_retries(lambda p=path: fs.cat_file(f"{p}/{META}"), path))
+            if all(fs.size(f"{path}/{name}") == size for name, size in meta["files"].items()):
+                return step, fs, path, meta
+        except (FileNotFoundError, ValueError, KeyError):  # not (fully) uploaded, or an older layout
+            continue
+    return None
+
+
+def _step_of(path: str) -> int:
+    match = _CHECKPOINT_RE.fullmatch(path.rstrip("/").rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else -1
 
 
 def _write_json(path: str, value: Any) -> None:

@@ -29,6 +29,7 @@ from dukd_ray.train.checkpoint import (
     checkpoint_dir_name,
     read_checkpoint,
     restore_rng,
+    resume_folder,
     write_checkpoint,
 )
 from dukd_ray.train.config import JobConfig
@@ -77,10 +78,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         pin_memory=cuda,
     )
     start_step, history, resumes = 0, [], []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            restored = read_checkpoint(folder, rank, world, device)
+    with resume_folder(ray.train.get_checkpoint(), run_url, opts) as folder:
+        restored = read_checkpoint(folder, rank, world, device) if folder else None
+    if restored:
         _restore(restored, student, ema, optimizer, scheduler, stream, generator)
         start_step, history, resumes = restored.step, restored.history, restored.resumes
         if rank == 0:

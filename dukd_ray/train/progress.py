@@ -14,10 +14,10 @@ import tempfile
 import time
 from typing import Any
 
-import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 from dukd_ray.storage import join, write_bytes_atomic
+from dukd_ray.train.collective import all_gather
 
 log = logging.getLogger(__name__)  # not print: Ray Train workers echo prints twice
 
@@ -46,11 +46,7 @@ class StepMeter:
 
         Collective when distributed: every rank must call it.
         """
-        local = [self.steps, self.data_s, self.step_s, self.loss_sums]
-        parts = [local]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, local)
+        parts = all_gather([self.steps, self.data_s, self.step_s, self.loss_sums])
         steps = sum(p[0] for p in parts)
         step_s = sum(p[2] for p in parts)
         out = {key: sum(p[3][key] for p in parts) / steps for key in self.loss_sums}

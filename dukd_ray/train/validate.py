@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from dukd_ray.eval.benchmark import Pair, evaluate_bicubic, evaluate_pair
+from dukd_ray.train.collective import all_gather, rank_and_world
 
 SetScores = dict[str, dict[str, float]]  # {set: {"psnr": mean, "ssim": mean}}
 
@@ -28,7 +28,7 @@ def evaluate_distributed(
     tile: int | None = None,
 ) -> SetScores:
     """Mean Y-PSNR/SSIM per set of `model`; collective when distributed (every rank must call it)."""
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     local: dict[str, list[tuple[int, float, float]]] = {}
     with torch.no_grad():
         for name, pairs in sets.items():
@@ -38,10 +38,7 @@ def evaluate_distributed(
                     model, pairs[i], scale, device, self_ensemble=self_ensemble, tile=tile
                 )
                 local[name].append((i, float(psnr), float(ssim)))
-    parts = [local]
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, local)
+    parts = all_gather(local)
     out: SetScores = {}
     for name in sets:
         rows = sorted(row for part in parts for row in part[name])
@@ -65,9 +62,3 @@ def flatten(scores: SetScores, prefix: str = "") -> dict[str, float]:
     out[f"{prefix}val_psnr"] = float(np.mean([v["psnr"] for v in scores.values()]))
     out[f"{prefix}val_ssim"] = float(np.mean([v["ssim"] for v in scores.values()]))
     return out
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
