@@ -11,11 +11,9 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
 from dukd_ray.distill import DistillConfig
 from dukd_ray.storage import redact_url
-from dukd_ray.train.config import ConfigError, JobConfig
+from dukd_ray.train.config import ConfigError, JobConfig, parse_overrides
 from dukd_ray.train.preflight import InputError
 from dukd_ray.train.trainer import TrainResult, run_training
 
@@ -70,15 +68,7 @@ def apply_args(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
         "run.use_gpu": False if args.no_gpu else None,
         "train.amp": True if args.amp else None,
     }
-    values = {k: v for k, v in flags.items() if v is not None}
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.lr=2e-4")
-        try:
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    values = {k: v for k, v in flags.items() if v is not None} | parse_overrides(args.set)
     if args.val_data and "data.val_sets" not in values:
         values["data.val_sets"] = None  # every set under the new root, not those of an earlier config
     return JobConfig.from_dict(values, base=cfg)

@@ -194,18 +194,7 @@ class JobConfig:
 
     def apply_overrides(self, overrides: Iterable[str]) -> JobConfig:
         """Apply `section.key=value` strings (values parsed as YAML) in place; returns self."""
-        values: dict[str, Any] = {}
-        for item in overrides:
-            key, sep, raw = str(item).partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.lr=2e-4")
-            if "." not in key:
-                raise ConfigError(f"override {item!r}: the key needs a section, e.g. train.{key.strip()}")
-            try:
-                values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError as e:
-                raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
-        return self._replace_with(JobConfig.from_dict(values, base=self))
+        return self._replace_with(JobConfig.from_dict(parse_overrides(overrides), base=self))
 
     def update_from_yaml(self, path_or_url: str, storage_options: dict[str, Any] | None = None) -> JobConfig:
         """Apply a YAML file (a full config, nested sections or dotted keys) in place; returns self."""
@@ -260,6 +249,23 @@ class JobConfig:
         for name in SECTIONS:
             setattr(self, name, getattr(other, name))
         return self
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """`["train.lr=2e-4", ...]` -> `{"train.lr": 2e-4, ...}` (values parsed as YAML; empty = null)."""
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.lr=2e-4")
+        if "." not in key:
+            raise ConfigError(f"override {item!r}: the key needs a section, e.g. train.{key}")
+        try:
+            values[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+    return values
 
 
 def _unknown_section(section: str) -> ConfigError:
