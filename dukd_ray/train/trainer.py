@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from dukd_ray.train.config import JobConfig
 from dukd_ray.train.faults import ENV_VAR as FAULT_ENV_VAR
 from dukd_ray.train.loop import train_loop_per_worker
 from dukd_ray.train.preflight import check_inputs, is_local, resolve
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,4 +121,10 @@ def _use_gpu(setting: bool | str) -> bool:
         return bool(setting)
     if not ray.is_initialized():
         ray.init()
-    return ray.cluster_resources().get("GPU", 0) >= 1
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        return True
+    log.warning(
+        "run.use_gpu=auto: the cluster has no GPU now, training on CPU workers "
+        "(an autoscaling cluster adds GPU nodes only when asked: pass --set run.use_gpu=true)"
+    )
+    return False
