@@ -154,11 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--iters", type=int, default=3, help="timed iterations of each")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1: CPU time = work)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--patch", type=int, default=48, help="LR patch size")
     parser.add_argument("--teacher-blocks", type=int, default=2)
     parser.add_argument("--student-blocks", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     result = run(args)
     if args.json:
         print(json.dumps(result))
