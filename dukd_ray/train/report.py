@@ -88,7 +88,7 @@ def crops_png(panels: list[tuple[str, np.ndarray]], crop: int = 128) -> bytes:
     h, w = panels[-1][1].shape[:2]
     side = min(crop, h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.6))  # room for 2-line titles
     for ax, (title, img) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.imshow(img[top : top + side, left : left + side], interpolation="nearest")
         ax.set_title(title, fontsize=9)
