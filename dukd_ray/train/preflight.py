@@ -83,7 +83,9 @@ def check_inputs(cfg: JobConfig) -> None:
             num_workers=0,
             storage_options=opts,
         )
-        next(iter(stream))
+        batches = iter(stream)
+        next(batches)
+        batches.close()  # stops the stream's read-ahead threads now, not at garbage collection
 
     _guard("data.train", d.train, one_batch)
     _guard("data.val", d.val, lambda: load_benchmark_sets(d.val, d.val_sets, m.scale, storage_options=opts))
