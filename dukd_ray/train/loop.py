@@ -141,6 +141,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if tensorboard:
             tensorboard.upload()
 
+    batches.close()  # stop the loader processes before the (rank 0) exports and report
     if rank == 0:
         tensorboard.close()
         write_outputs(cfg, student, ema.module, teacher, sets, history, resumes, device)
