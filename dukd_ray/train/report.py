@@ -83,6 +83,16 @@ def curves_png(history: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def psnr_curves_png(curves: dict[str, list[tuple[int, float]]], title: str) -> bytes:
+    """One validation-PSNR line per labelled run (e.g. the quickstart's three students)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, points in curves.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
+    ax.set(xlabel="step", ylabel="Y-PSNR (dB)", title=title)
+    ax.legend()
+    return _png(fig)
+
+
 def crops_png(panels: list[tuple[str, np.ndarray]], crop: int = 128) -> bytes:
     """Side-by-side centre crops of equally sized HR-resolution images (bicubic / student / teacher / HR)."""
     h, w = panels[-1][1].shape[:2]
@@ -111,26 +121,20 @@ def write_report(
     header = ["model", *sets]
     config_yaml = yaml.safe_dump(config, sort_keys=False)
     md = [f"# {title}", "", *(f"- {line}" for line in summary), "", "## Results (Y-PSNR dB / SSIM)", ""]
-    md += _md_table(header, results)
+    md += md_table(header, results)
     if paper:
-        md += ["", "Paper reference, Y-PSNR dB (dukd.md):", "", *_md_table(header, paper)]
+        md += ["", "Paper reference, Y-PSNR dB (dukd.md):", "", *md_table(header, paper)]
     md += ["", "## Curves", "", "![curves](curves.png)", "", "## Crops", "", "![crops](crops.png)"]
     md += ["", "## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
     esc = html.escape
     body = [f"<h1>{esc(title)}</h1>", "<ul>", *(f"<li>{esc(line)}</li>" for line in summary), "</ul>"]
-    body += ["<h2>Results (Y-PSNR dB / SSIM)</h2>", _html_table(header, results)]
+    body += ["<h2>Results (Y-PSNR dB / SSIM)</h2>", html_table(header, results)]
     if paper:
-        body += ["<p>Paper reference, Y-PSNR dB (dukd.md):</p>", _html_table(header, paper)]
+        body += ["<p>Paper reference, Y-PSNR dB (dukd.md):</p>", html_table(header, paper)]
     body += ["<h2>Curves</h2>", '<img src="curves.png" alt="curves">', "<h2>Crops</h2>"]
     body += ['<img src="crops.png" alt="crops">', "<h2>Config</h2>", f"<pre>{esc(config_yaml)}</pre>"]
-    page = (
-        '<!doctype html>\n<html><head><meta charset="utf-8">'
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
     write_bytes_atomic(join(run_url, "report.md"), "\n".join(md).encode(), storage_options)
-    write_bytes_atomic(join(run_url, "report.html"), page.encode(), storage_options)
+    write_bytes_atomic(join(run_url, "report.html"), html_page(title, body).encode(), storage_options)
 
 
 _CSS = (
@@ -138,12 +142,22 @@ _CSS = (
 )
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def html_page(title: str, body: list[str]) -> str:
+    """A self-contained HTML page (images are linked files beside it)."""
+    return (
+        '<!doctype html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table style="border-collapse:collapse"><tr>{head}</tr>{body}</table>'

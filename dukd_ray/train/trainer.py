@@ -35,6 +35,7 @@ class TrainResult:
     run_url: str
     step: int
     metrics: dict[str, Any]  # the last report: val_psnr, psnr/<set>, teacher/..., bicubic/...
+    history: list[dict[str, Any]]  # every report of the run, oldest first (the curves)
     checkpoint: ray.train.Checkpoint
     weights_url: str  # <export_name>.pth, BasicSR layout (params + params_ema)
     safetensors_url: str
@@ -93,6 +94,7 @@ def run_training(cfg: JobConfig) -> TrainResult:
         run_url=run_url,
         step=int(history[-1]["step"]),
         metrics=history[-1],
+        history=history,
         checkpoint=checkpoint,
         weights_url=join(run_url, f"{name}.pth"),
         safetensors_url=join(run_url, f"{name}.safetensors"),
