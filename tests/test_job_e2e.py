@@ -53,7 +53,7 @@ def _pids_of(temp_dir: str) -> list[int]:
 
 def _stop_cluster(temp_dir: str) -> None:
     """Stop *this* cluster's processes by pid (`ray stop` would kill every Ray process on the machine)."""
-    for sig, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         pids = _pids_of(temp_dir)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):

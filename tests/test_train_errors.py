@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from dukd_ray.models import build_arch, save_weights
-from dukd_ray.train import InputError, JobConfig, run_training
+from dukd_ray.train import InputError, JobConfig, prepare, run_training
 from dukd_ray.train.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +62,17 @@ def test_bad_teacher(sample_data, tmp_path, teacher, message):
         url = _teacher(tmp_path, arch, int(scale))
     with pytest.raises(InputError, match=message):
         run_training(_config(sample_data, tmp_path, **{"model.teacher": url}))
+
+
+def test_student_init_loads_non_strictly_but_must_fit(sample_data, tmp_path):
+    """The paper starts the x4 student from the x2 one (upsampler differs); a non-checkpoint fails."""
+    x2 = build_arch("edsr", 2, preset="tiny_student")
+    save_weights(str(tmp_path / "x2_student"), x2.state_dict(), arch_spec=x2.arch_spec)
+    cfg = _config(sample_data, tmp_path, **{"model.student_init": str(tmp_path / "x2_student.pth")})
+    assert prepare(cfg).model.student_init.endswith("x2_student.pth")
+    (tmp_path / "notes.pth").write_text("not weights")
+    with pytest.raises(InputError, match=r"model.student_init \(.*notes.pth\)"):
+        prepare(_config(sample_data, tmp_path, **{"model.student_init": str(tmp_path / "notes.pth")}))
 
 
 def test_a_distillation_method_needs_a_teacher(sample_data, tmp_path):
