@@ -15,6 +15,7 @@ from torch import nn
 
 from dukd_ray.export import FP16_TOLERANCE, ExportVerificationError, export_model, main
 from dukd_ray.models import build_arch, save_weights
+from dukd_ray.storage import read_bytes
 
 SCALE = 2
 
@@ -107,3 +108,17 @@ def test_missing_checkpoint_is_named(tmp_path, capsys):
     missing = tmp_path / "nope.pth"
     assert main(["--checkpoint", str(missing), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "nope.pth" in capsys.readouterr().err
+
+
+def test_export_to_object_storage(s3_bucket):
+    bucket, opts = s3_bucket
+    torch.manual_seed(0)
+    model = build_arch("rcan", SCALE, "tiny_student").eval()
+    report = export_model(model, f"{bucket}/exports/rcan.onnx", "onnx", storage_options=opts)
+    assert report.max_abs_diff <= 1e-4
+    session = ort.InferenceSession(
+        read_bytes(f"{bucket}/exports/rcan.onnx", opts), providers=["CPUExecutionProvider"]
+    )
+    x = _photo_batch()
+    with torch.inference_mode():
+        assert np.abs(session.run(None, {"lr": x.numpy()})[0] - model(x).numpy()).max() <= 1e-4
