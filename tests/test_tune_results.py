@@ -70,6 +70,8 @@ def test_table_rows():
     assert rows["t_d"]["status"] == "error" and rows["t_d"]["best_val_psnr"] is None
     assert rows["t_e"]["status"] == "unfinished" and rows["t_e"]["best_val_psnr"] == 20.0
     assert rows["t_a"]["distill.lc_ops"] == "invert+flip_h" and rows["t_b"]["distill.lc_ops"] == "none"
+    # with a scheduler that never stops trials (fifo, pbt) a short trial is not flagged
+    assert not any(r["early_stopped"] for r in table_rows(RECORDS, MAX_STEPS, early_stopping=False))
 
 
 def test_csv_and_markdown_hold_every_trial():

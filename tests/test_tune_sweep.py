@@ -30,7 +30,7 @@ MAX_STEPS = 6
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A 2-CPU local cluster whose State API address its workers are told explicitly.
+    """A local cluster whose State API address its workers are told explicitly.
 
     Ray Train's PlacementGroupCleaner frees the workers of a trial that Tune stopped early; it finds the
     cluster through the State API, which refuses to guess when other Ray instances run on the same
@@ -40,7 +40,8 @@ def ray_cluster():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=port, runtime_env={"env_vars": env})
+    # 3 logical CPUs on the 2-core machine: two 1-worker trials and their drivers (0.01 CPU) side by side
+    ray.init(num_cpus=3, include_dashboard=True, dashboard_port=port, runtime_env={"env_vars": env})
     yield
     ray.shutdown()
 
@@ -169,3 +170,35 @@ def _csv(text: str):
     import io
 
     return csv.DictReader(io.StringIO(text))
+
+
+@pytest.mark.slow  # beyond the issue's test list: two trials side by side, with restarts (~2.5 min)
+def test_pbt_clones_the_strong_trial_into_the_weak_one(ray_cluster, job_args, tmp_path):
+    # two trials side by side: one learning, one whose lr is too small to learn; PBT (perturbing at every
+    # checkpoint, every 2 steps) restarts the weak one from a copy of the strong one's Train run
+    space_yaml = "space:\n  train.lr: {loguniform: [1.0e-9, 1.0e-2]}\n"
+    space = _write(tmp_path / "space.yaml", space_yaml + "start: [{train.lr: 2.0e-3}, {train.lr: 1.0e-9}]\n")
+    argv = [*job_args, "--space", space, "--num-samples", "2", "--scheduler", "pbt", "--max-concurrent", "2"]
+    argv += [
+        "--set",
+        "train.ckpt_every=2",
+        "--storage",
+        str(tmp_path / "sweeps"),
+        "--name",
+        "pbt",
+    ]
+    outcome = cli.main(argv)
+
+    assert len(outcome.records) == 2 and all(r.status == "terminated" for r in outcome.records)
+    runs = tmp_path / "sweeps" / "pbt" / "train_runs"
+    clones = sorted(p for p in runs.iterdir() if "-from-" in p.name)
+    assert clones, f"PBT cloned no trial: {sorted(p.name for p in runs.iterdir())}"
+    weak_id, donor_and_step = clones[0].name.split("-from-")
+    donor_id, step = donor_and_step.rsplit("-", 1)
+    copied = [int(p.name.removeprefix("checkpoint_")) for p in clones[0].glob("checkpoint_0*")]
+    assert copied and max(copied) >= int(step)  # the donor's state, at or after the step PBT cloned
+    weak = next(r for r in outcome.records if r.trial_id == weak_id)
+    assert weak.params["train.lr"] != 1e-9  # explored from the donor's value
+    assert donor_id in {r.trial_id for r in outcome.records}
+    # lr 1e-9 alone leaves the student where it started; only the donor's weights lift it by > 1 dB
+    assert weak.history[-1][1] > weak.history[0][1] + 1.0

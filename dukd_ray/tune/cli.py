@@ -52,7 +52,12 @@ def build_sweep_parser() -> argparse.ArgumentParser:
         help="0 = CPU; 0.5 = two trials share a GPU; W = a GPU per worker",
     )
     g.add_argument("--search", choices=SEARCHES, default="random", help="random sampling or Optuna (TPE)")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default="asha", help="asha stops poor trials early")
+    g.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default="asha",
+        help="asha: stop poor trials early; pbt: restart weak trials from strong ones; fifo: run all",
+    )
     g.add_argument(
         "--grace-period", type=int, help="steps before ASHA may stop a trial (default: train.val_every)"
     )

@@ -47,9 +47,12 @@ def rank(records: Sequence[TrialRecord]) -> list[TrialRecord]:
     return sorted(records, key=lambda r: (r.best is None, -(r.best or (0, 0.0))[1], r.trial_id))
 
 
-def table_rows(records: Sequence[TrialRecord], max_steps: int) -> list[dict[str, Any]]:
+def table_rows(
+    records: Sequence[TrialRecord], max_steps: int, early_stopping: bool = True
+) -> list[dict[str, Any]]:
     """One row per trial, ranked. `early_stopped`: terminated before `max_steps`, i.e. the scheduler
-    stopped it (a failed trial has status `error`, one an interrupted sweep left behind `unfinished`)."""
+    stopped it (a failed trial has status `error`, one an interrupted sweep left behind `unfinished`);
+    never set when the scheduler does not stop trials (`early_stopping=False`: fifo, pbt)."""
     keys = sorted({k for r in records for k in r.params})
     rows = []
     for i, r in enumerate(rank(records), 1):
@@ -61,7 +64,7 @@ def table_rows(records: Sequence[TrialRecord], max_steps: int) -> list[dict[str,
                 "best_val_psnr": None if best_psnr is None else round(best_psnr, 4),
                 "best_step": best_step,
                 "steps_run": r.steps_run,
-                "early_stopped": r.status == "terminated" and r.steps_run < max_steps,
+                "early_stopped": early_stopping and r.status == "terminated" and r.steps_run < max_steps,
                 "status": r.status,
                 **{k: _show(r.params.get(k)) for k in keys},
             }
@@ -123,9 +126,10 @@ def write_summary(
     best_config_yaml: str | None,
     title: str,
     storage_options: dict[str, Any] | None = None,
+    early_stopping: bool = True,
 ) -> dict[str, str]:
     """Write the table (CSV + Markdown), the plot and the best config under `out_url`; returns their URLs."""
-    rows = table_rows(records, max_steps)
+    rows = table_rows(records, max_steps, early_stopping)
     files: dict[str, bytes] = {
         TABLE_CSV: to_csv(rows).encode(),
         TABLE_MD: to_markdown(rows).encode(),

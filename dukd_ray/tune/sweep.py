@@ -29,7 +29,7 @@ from dukd_ray import storage
 from dukd_ray.train import trainer
 from dukd_ray.train.config import SECTIONS, JobConfig
 from dukd_ray.train.preflight import is_local
-from dukd_ray.tune import results
+from dukd_ray.tune import pbt, results
 from dukd_ray.tune.space import PAPER_POINT, SearchSpace, SpaceError, check_values, parse_space
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,8 @@ def prepare(spec: SweepSpec) -> tuple[JobConfig, SearchSpace, list[dict[str, Any
     points = resolve_start(space, base)
     if spec.search == "optuna" and space.has_grid:
         raise SweepError(f"{space.source}: 'grid' cannot be used with --search optuna (use 'choice')")
+    if spec.scheduler == "pbt" and space.has_grid:
+        raise SweepError(f"{space.source}: 'grid' cannot be used with --scheduler pbt (PBT mutates values)")
     if spec.search == "random" and space.has_grid and points:
         raise SweepError(f"{space.source}: 'start' points cannot be combined with 'grid' keys")
     base.run.num_workers, base.run.use_gpu = spec.workers_per_trial, spec.gpus_per_trial > 0
@@ -197,6 +199,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[An
         base=base.to_dict(),
         space_text=spec.space_text,
         gpus_per_worker=spec.gpus_per_trial / spec.workers_per_trial,
+        report_checkpoints=spec.scheduler == "pbt",
     )
     trainable = tune.with_resources(driver, _DRIVER_RESOURCES)
     if resume:
@@ -239,12 +242,17 @@ def summarize(spec: SweepSpec, space: SearchSpace | None = None) -> SweepOutcome
         best_config_yaml=best_yaml,
         title=f"{spec.name}: val PSNR per trial",
         storage_options=spec.storage_options,
+        early_stopping=spec.scheduler == "asha",
     )
     return SweepOutcome(url=spec.url, records=records, files=files)
 
 
 def _trial_driver(
-    config: dict[str, Any], base: dict[str, Any], space_text: str, gpus_per_worker: float
+    config: dict[str, Any],
+    base: dict[str, Any],
+    space_text: str,
+    gpus_per_worker: float,
+    report_checkpoints: bool,
 ) -> None:
     """One trial: the base job config + this trial's values, trained by the job's own TorchTrainer."""
     from ray import tune
@@ -252,11 +260,16 @@ def _trial_driver(
 
     space = parse_space(space_text, FIELDS)
     cfg = JobConfig.from_dict(space.decode(config), base=JobConfig.from_dict(base))
+
+    def make_trainer(cfg: JobConfig, callbacks: Sequence[Any]) -> Any:
+        job = trainer.build_trainer(cfg, callbacks=callbacks, check=False)  # the base config was checked
+        return _with_gpu_share(job, gpus_per_worker) if 0 < gpus_per_worker < 1 else job
+
+    if report_checkpoints:  # PBT clones trials from their checkpoints
+        pbt.fit_reporting_checkpoints(cfg, make_trainer)
+        return
     cfg.run.name = tune.get_context().get_trial_id()  # the same on resume: Train continues that run
-    job = trainer.build_trainer(cfg, callbacks=[TuneReportCallback()], check=False)  # base was checked
-    if 0 < gpus_per_worker < 1:
-        job = _with_gpu_share(job, gpus_per_worker)
-    job.fit()
+    make_trainer(cfg, [TuneReportCallback()]).fit()
 
 
 def _with_gpu_share(job: Any, gpus_per_worker: float) -> Any:
@@ -303,7 +316,7 @@ def _tune_config(spec: SweepSpec, base: JobConfig, space: SearchSpace, points: l
         metric=METRIC,
         mode=MODE,
         search_alg=search_alg,
-        scheduler=_scheduler(spec, base),
+        scheduler=_scheduler(spec, base, space),
         num_samples=spec.num_samples,
         trial_dirname_creator=_trial_dirname,
     )
@@ -314,12 +327,14 @@ def _trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
 
-def _scheduler(spec: SweepSpec, base: JobConfig) -> Any:
+def _scheduler(spec: SweepSpec, base: JobConfig, space: SearchSpace) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if spec.scheduler == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(  # _check_settings admits asha and fifo only
+    if spec.scheduler == "pbt":
+        return pbt.scheduler(space.to_tune(), perturbation_interval=base.train.ckpt_every)
+    return ASHAScheduler(
         time_attr=TIME_ATTR,
         max_t=base.train.max_steps,
         grace_period=spec.grace_period or base.train.val_every,
@@ -349,12 +364,6 @@ def _check_settings(spec: SweepSpec) -> None:
         raise SweepError(f"--search: expected one of {', '.join(SEARCHES)}, got {spec.search!r}")
     if spec.scheduler not in SCHEDULERS:
         raise SweepError(f"--scheduler: expected one of {', '.join(SCHEDULERS)}, got {spec.scheduler!r}")
-    if spec.scheduler == "pbt":
-        raise SweepError(
-            "--scheduler pbt is not available yet: PBT copies a strong trial's weights into a weak one, "
-            "which needs each trial's Ray Train checkpoints as Tune checkpoints and a Train run that can "
-            "start from another run's checkpoint; use asha (stops weak trials) or fifo"
-        )
     if spec.num_samples < 1:
         raise SweepError(f"--num-samples: expected an integer >= 1, got {spec.num_samples}")
     if spec.workers_per_trial < 1:
