@@ -30,6 +30,7 @@ def _exit_message(capsys, argv) -> str:
         (["--gpus-per-trial", "0.5", "--workers-per-trial", "2"], "DDP ranks cannot share a GPU"),
         (["--gpus-per-trial", "3", "--workers-per-trial", "2"], "one GPU per worker"),
         (["--num-samples", "0"], "--num-samples: expected an integer >= 1"),
+        (["--scheduler", "pbt", "--search", "optuna"], "--scheduler pbt explores by itself"),
         (["--reduction-factor", "1"], "--reduction-factor: expected a number > 1"),
         (["--name", "a/b"], "run.name: expected a name of letters"),
         (["--set", "distill.w_pixel=2"], "unknown config key 'distill.w_pixel'"),

@@ -364,6 +364,10 @@ def _check_settings(spec: SweepSpec) -> None:
         raise SweepError(f"--search: expected one of {', '.join(SEARCHES)}, got {spec.search!r}")
     if spec.scheduler not in SCHEDULERS:
         raise SweepError(f"--scheduler: expected one of {', '.join(SCHEDULERS)}, got {spec.scheduler!r}")
+    if spec.scheduler == "pbt" and spec.search != "random":
+        raise SweepError(
+            "--scheduler pbt explores by itself (it perturbs the values it clones): use --search random"
+        )
     if spec.num_samples < 1:
         raise SweepError(f"--num-samples: expected an integer >= 1, got {spec.num_samples}")
     if spec.workers_per_trial < 1:
