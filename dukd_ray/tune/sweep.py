@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -175,7 +176,6 @@ def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[An
     `tune_callbacks` (Tune `Callback`s) are saved with the sweep and come back on resume.
     """
     base, space, points = prepare(spec)
-    import ray
     from ray import tune
 
     exp_path, exp_fs = trainer.ray_storage(spec.url, spec.storage_options)
@@ -192,8 +192,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[An
         saved = json.dumps(spec.comparable(), indent=2).encode()
         storage.write_bytes_atomic(spec_url, saved, spec.storage_options)
 
-    if not ray.is_initialized():
-        ray.init()
+    _init_ray()
     driver = tune.with_parameters(
         _trial_driver,
         base=base.to_dict(),
@@ -222,6 +221,27 @@ def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[An
         )
     tuner.fit()
     return summarize(spec, space=space)
+
+
+def _init_ray() -> None:
+    """Join the cluster of RAY_ADDRESS (`ray job submit`), or start a local one for this sweep.
+
+    A local cluster tells its workers its dashboard (State API) address: Ray Train frees the workers of
+    a trial that Tune stopped early through the State API, which otherwise cannot tell which cluster is
+    meant when other Ray instances run on the same machine, and the stopped trial's CPUs stay reserved.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    ray.init(include_dashboard=True, dashboard_port=port, runtime_env={"env_vars": env})
 
 
 def summarize(spec: SweepSpec, space: SearchSpace | None = None) -> SweepOutcome:
