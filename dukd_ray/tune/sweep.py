@@ -15,6 +15,7 @@ Layout under `<storage>/<name>/`: Tune's experiment (trial folders, `experiment_
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -444,13 +445,29 @@ def _values(cfg: JobConfig) -> dict[str, Any]:
 def _record(trial: Any, space: SearchSpace, analysis: Any) -> results.TrialRecord:
     from ray.tune.experiment import Trial
 
-    df = analysis.trial_dataframes.get(trial.trial_id)
-    history: list[tuple[int, float]] = []
-    if df is not None and METRIC in df and TIME_ATTR in df:
-        rows = df[[TIME_ATTR, METRIC]].dropna(subset=[TIME_ATTR])
-        history = [(int(s), float(v)) for s, v in rows.itertuples(index=False)]
     status = {Trial.TERMINATED: "terminated", Trial.ERROR: "error"}.get(trial.status, "unfinished")
-    return results.TrialRecord(trial.trial_id, space.decode(trial.config), history, status)
+    return results.TrialRecord(trial.trial_id, space.decode(trial.config), _history(trial, analysis), status)
+
+
+def _history(trial: Any, analysis: Any) -> list[tuple[int, float]]:
+    """(step, val_psnr) of every report, from both of Tune's per-trial logs.
+
+    Tune's analysis reads `result.json` only, which a restarted trial (a PBT clone) starts afresh, while
+    `progress.csv` keeps the reports from before the restart; their union is the whole curve.
+    """
+    import pandas as pd
+
+    frames = [analysis.trial_dataframes.get(trial.trial_id)]
+    fs, csv_path = trial.storage.storage_filesystem, f"{trial.storage.trial_fs_path}/progress.csv"
+    if fs.get_file_info(csv_path).type.name == "File":
+        with fs.open_input_stream(csv_path) as f:
+            frames.append(pd.read_csv(io.BytesIO(f.readall())))
+    rows = set()
+    for df in frames:
+        if df is not None and METRIC in df and TIME_ATTR in df:
+            pairs = df[[TIME_ATTR, METRIC]].dropna(subset=[TIME_ATTR]).itertuples(index=False)
+            rows |= {(int(s), round(float(v), 6)) for s, v in pairs}
+    return sorted(rows)
 
 
 def _best_config_yaml(base: JobConfig, best: results.TrialRecord, sweep_name: str) -> str:
