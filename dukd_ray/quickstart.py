@@ -28,6 +28,7 @@ import numpy as np
 from dukd_ray.data.pack import pack
 from dukd_ray.data.samples import write_sample_data
 from dukd_ray.eval.benchmark import (
+    Pair,
     bicubic_pair,
     evaluate_bicubic,
     evaluate_pair,
@@ -279,7 +280,8 @@ def _findings(results: dict[str, Any], budget: Budget) -> str:
 
 
 def _crops(benchmark: str, teacher: dict[str, Any], students: dict[str, list[dict[str, Any]]]) -> bytes:
-    pair = load_benchmark_sets(benchmark, ["Sample"], scale=4)["Sample"][0]
+    pairs = load_benchmark_sets(benchmark, ["Sample"], scale=4)["Sample"]
+    pair = max(pairs, key=_colourfulness)  # a colour photograph shows artefacts best
     psnr, _, sr = bicubic_pair(pair, 4)
     panels = [(f"bicubic\n{psnr:.2f} dB", sr)]
     for label, url in [
@@ -290,6 +292,11 @@ def _crops(benchmark: str, teacher: dict[str, Any], students: dict[str, list[dic
         panels.append((f"{label}\n{psnr:.2f} dB", sr))
     panels.append((f"HR ({pair.name})", pair.hr))
     return crops_png(panels, crop=160)
+
+
+def _colourfulness(pair: Pair) -> float:
+    hr = pair.hr.astype(np.float32)
+    return float(np.abs(hr[..., 0] - hr[..., 1]).mean() + np.abs(hr[..., 1] - hr[..., 2]).mean())
 
 
 _EXPLAIN = (
@@ -316,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", default="10", help="comma-separated seeds; student scores are averaged")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patch-size", type=int, default=24, help="LR patch side")
-    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--val-every", type=int, default=50)
     args = p.parse_args(argv)
     budget = Budget(
         teacher_steps=args.teacher_steps,
