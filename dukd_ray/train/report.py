@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # workers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dukd_ray.storage import join, write_bytes_atomic  # noqa: E402
 
@@ -40,6 +41,7 @@ PAPER_X4: dict[str, list[tuple[str, dict[str, float]]]] = {
     ],
 }
 _SET_ALIASES = {"B100": "BSD100", "BSDS100": "BSD100"}
+_LEGEND_MAX = 12  # more curves than this: a legend would hide the plot
 
 
 def paper_rows(arch: str, scale: int, presets: tuple[str, str], sets: Sequence[str]) -> list[list[str]]:
@@ -84,12 +86,15 @@ def curves_png(history: list[dict[str, Any]]) -> bytes:
 
 
 def psnr_curves_png(curves: dict[str, list[tuple[int, float]]], title: str) -> bytes:
-    """One validation-PSNR line per labelled run (e.g. the quickstart's three students)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """One validation-PSNR line per labelled run (the quickstart's students, a sweep's trials), in order."""
+    fig, ax = plt.subplots(figsize=(8, 5))
     for label, points in curves.items():
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are integers
     ax.set(xlabel="step", ylabel="Y-PSNR (dB)", title=title)
-    ax.legend()
+    ax.grid(alpha=0.3)
+    if 0 < len(curves) <= _LEGEND_MAX:
+        ax.legend(fontsize=8)
     return _png(fig)
 
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from dukd_ray import storage
+from dukd_ray.train.report import md_table, psnr_curves_png
 
 TABLE_CSV = "trials.csv"
 TABLE_MD = "trials.md"
 PLOT_PNG = "val_psnr.png"
 BEST_CONFIG = "best_config.yaml"
-_LEGEND_MAX = 12  # more curves than this: a legend would hide the plot
 
 
 @dataclass
@@ -86,37 +86,13 @@ def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "(no trials)\n"
     header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("" if row[k] is None else str(row[k]) for k in header) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    cells = [["" if row[k] is None else str(row[k]) for k in header] for row in rows]
+    return "\n".join(md_table(header, cells)) + "\n"
 
 
 def plot_curves(records: Sequence[TrialRecord], title: str) -> bytes:
     """PNG of val_psnr over training steps, one line per trial (ranked order, so colours follow rank)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on cluster nodes
-    from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    try:
-        ranked = [r for r in rank(records) if r.history]
-        for r in ranked:
-            steps, psnr = zip(*sorted(r.history), strict=True)
-            ax.plot(steps, psnr, marker="o", markersize=3, label=r.trial_id)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are integers
-        ax.set_xlabel("training step")
-        ax.set_ylabel("val PSNR (Y, dB)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if 0 < len(ranked) <= _LEGEND_MAX:
-            ax.legend(fontsize=8)
-        out = io.BytesIO()
-        fig.savefig(out, format="png", bbox_inches="tight")
-        return out.getvalue()
-    finally:
-        plt.close(fig)
+    return psnr_curves_png({r.trial_id: sorted(r.history) for r in rank(records) if r.history}, title)
 
 
 def write_summary(
