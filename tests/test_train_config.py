@@ -93,6 +93,28 @@ def test_bad_overrides_name_the_key(override, message):
         JobConfig.from_preset("edsr_x4").apply_overrides([override])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["run.gpus_per_worker=0"], "a number > 0"),
+        (["run.gpus_per_worker=-2"], "a number > 0"),
+        (["run.gpus_per_worker=1.5"], "a whole number if above 1"),
+        (["run.gpus_per_worker=half"], "expected a number, got 'half'"),
+        (["run.num_workers=2", "run.gpus_per_worker=0.5"], "1 or more with run.num_workers > 1"),
+    ],
+)
+def test_bad_gpus_per_worker_names_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=rf"run\.gpus_per_worker: .*{message}"):
+        JobConfig.from_preset("edsr_x4").apply_overrides(overrides)
+
+
+def test_gpus_per_worker_takes_fractions_and_whole_gpus():
+    cfg = JobConfig.from_preset("edsr_x4")
+    assert cfg.run.gpus_per_worker == 1.0
+    assert cfg.apply_overrides(["run.gpus_per_worker=0.25"]).run.gpus_per_worker == 0.25
+    assert cfg.apply_overrides(["run.num_workers=2", "run.gpus_per_worker=2"]).run.gpus_per_worker == 2.0
+
+
 def test_yaml_files_full_partial_and_flat(tmp_path):
     """A full dump round-trips; a partial nested file and a flat dotted file (a sweep's best config) apply."""
     original = JobConfig.from_preset("rcan_x3", tiny=True).apply_overrides(["train.lr=3e-4", "run.name=r1"])

@@ -8,7 +8,6 @@ import ray
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.trainer import build_trainer
 from dukd_ray.tune import cli
-from dukd_ray.tune.sweep import _with_gpu_share
 
 
 @pytest.fixture
@@ -64,16 +63,26 @@ def test_missing_teacher_exits_before_ray_starts(capsys, args, tmp_path):
     assert not ray.is_initialized()
 
 
-def test_fractional_gpu_trial_keeps_the_jobs_trainer_but_reserves_a_share():
-    cfg = JobConfig.from_preset("edsr_x4", tiny=True)
-    cfg.run.use_gpu, cfg.run.name = True, "trial"
-    job = build_trainer(cfg, check=False)
-    assert job.scaling_config.num_gpus_per_worker == 1
-    shared = _with_gpu_share(job, 0.5)
-    assert shared.scaling_config.num_gpus_per_worker == 0.5 and shared.scaling_config.use_gpu
-    assert shared.scaling_config.total_resources == {"GPU": 0.5}  # two such trials fit one GPU
-    assert shared.run_config is job.run_config and shared.train_loop_config == job.train_loop_config
-    assert shared.train_loop_per_worker is job.train_loop_per_worker
+def test_fractional_gpu_trial_reserves_its_share_of_a_gpu(tmp_path):
+    """`--gpus-per-trial 0.5`: each trial's job config, and so its trainer, reserves half a GPU per worker."""
+    from dukd_ray.tune.sweep import SweepSpec, builtin_space
+    from dukd_ray.tune.sweep import prepare as prepare_sweep
+
+    with open(builtin_space("default")) as f:
+        text = f.read()
+    base = JobConfig.from_preset("edsr_x4", tiny=True).apply_overrides(["distill.method=scratch"])
+    spec = SweepSpec(base.to_dict(), text, "default", str(tmp_path), "s", gpus_per_trial=0.5)
+    cfg, _, _ = prepare_sweep(spec)
+    assert (cfg.run.use_gpu, cfg.run.num_workers, cfg.run.gpus_per_worker) == (True, 1, 0.5)
+    cfg.run.name = "trial"
+    scaling = build_trainer(cfg, check=False).scaling_config
+    assert scaling.use_gpu and scaling.num_gpus_per_worker == 0.5
+    assert scaling.total_resources == {"GPU": 0.5}  # two such trials fit one GPU
+
+    cfg.run.gpus_per_worker = 1.0  # whole GPUs: Ray's default request, one per worker
+    whole = build_trainer(cfg, check=False).scaling_config
+    assert whole.resources_per_worker is None and whole.num_gpus_per_worker == 1
+    assert not ray.is_initialized()
 
 
 def test_optuna_starts_from_the_paper_point(tmp_path):

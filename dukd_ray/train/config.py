@@ -90,6 +90,7 @@ class RunSpec:
     storage: str = "~/dukd_runs"  # local dir or fsspec URL; the run folder is <storage>/<name>
     num_workers: int = 1
     use_gpu: bool | str = "auto"  # auto: GPU workers when the cluster has GPUs
+    gpus_per_worker: float = 1.0  # per GPU worker: a fraction shares a GPU (0.5: two runs on one GPU)
     max_failures: int = 3  # worker failures survived (restart from the last checkpoint); -1 = always
     export_name: str = "student"  # <run>/<export_name>.pth and .safetensors
 
@@ -238,6 +239,11 @@ class JobConfig:
             _check(ok, f"run.{key}", value, "a name of letters, digits, '.', '_', '-'")
         _check(r.num_workers >= 1, "run.num_workers", r.num_workers, "an integer >= 1")
         _check(r.use_gpu in (True, False, "auto"), "run.use_gpu", r.use_gpu, "true, false or auto")
+        g = r.gpus_per_worker
+        ok = g > 0 and (g <= 1 or g == int(g))
+        _check(ok, "run.gpus_per_worker", g, "a number > 0, and a whole number if above 1")
+        if g < 1:  # NCCL refuses two ranks on one device, and Ray may pack both onto the same GPU
+            _check(r.num_workers == 1, "run.gpus_per_worker", g, "1 or more with run.num_workers > 1")
         _check(r.max_failures >= -1, "run.max_failures", r.max_failures, "an integer >= -1")
         try:
             self.distill.check_scale(m.scale)

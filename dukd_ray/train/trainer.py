@@ -60,11 +60,14 @@ def build_trainer(
     """
     cfg = prepare(cfg) if check else resolve(cfg)
     storage_path, storage_filesystem = ray_storage(cfg.run.storage, cfg.data.storage_options or None)
+    use_gpu, gpus = _use_gpu(cfg.run.use_gpu), cfg.run.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg.to_dict(), "fault": os.environ.get(FAULT_ENV_VAR)},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.run.num_workers, use_gpu=_use_gpu(cfg.run.use_gpu)
+            num_workers=cfg.run.num_workers,
+            use_gpu=use_gpu,  # one GPU per worker, unless resources_per_worker says otherwise
+            resources_per_worker={"GPU": gpus} if use_gpu and gpus != 1 else None,
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,

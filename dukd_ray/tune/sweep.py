@@ -167,6 +167,8 @@ def prepare(spec: SweepSpec) -> tuple[JobConfig, SearchSpace, list[dict[str, Any
     if spec.search == "random" and space.has_grid and points:
         raise SweepError(f"{space.source}: 'start' points cannot be combined with 'grid' keys")
     base.run.num_workers, base.run.use_gpu = spec.workers_per_trial, spec.gpus_per_trial > 0
+    if spec.gpus_per_trial > 0:  # a fraction lets trials share a GPU (then with one worker each)
+        base.run.gpus_per_worker = spec.gpus_per_trial / spec.workers_per_trial
     base.run.storage, base.run.name = storage.join(spec.url, TRAIN_RUNS), spec.name
     return trainer.prepare(base), space, points
 
@@ -198,7 +200,6 @@ def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[An
         _trial_driver,
         base=base.to_dict(),
         space_text=spec.space_text,
-        gpus_per_worker=spec.gpus_per_trial / spec.workers_per_trial,
         report_checkpoints=spec.scheduler == "pbt",
     )
     trainable = tune.with_resources(driver, _DRIVER_RESOURCES)
@@ -269,11 +270,7 @@ def summarize(spec: SweepSpec, space: SearchSpace | None = None) -> SweepOutcome
 
 
 def _trial_driver(
-    config: dict[str, Any],
-    base: dict[str, Any],
-    space_text: str,
-    gpus_per_worker: float,
-    report_checkpoints: bool,
+    config: dict[str, Any], base: dict[str, Any], space_text: str, report_checkpoints: bool
 ) -> None:
     """One trial: the base job config + this trial's values, trained by the job's own TorchTrainer."""
     from ray import tune
@@ -283,33 +280,13 @@ def _trial_driver(
     cfg = JobConfig.from_dict(space.decode(config), base=JobConfig.from_dict(base))
 
     def make_trainer(cfg: JobConfig, callbacks: Sequence[Any]) -> Any:
-        job = trainer.build_trainer(cfg, callbacks=callbacks, check=False)  # the base config was checked
-        return _with_gpu_share(job, gpus_per_worker) if 0 < gpus_per_worker < 1 else job
+        return trainer.build_trainer(cfg, callbacks=callbacks, check=False)  # the base config was checked
 
     if report_checkpoints:  # PBT clones trials from their checkpoints
         pbt.fit_reporting_checkpoints(cfg, make_trainer)
         return
     cfg.run.name = tune.get_context().get_trial_id()  # the same on resume: Train continues that run
     make_trainer(cfg, [TuneReportCallback()]).fit()
-
-
-def _with_gpu_share(job: Any, gpus_per_worker: float) -> Any:
-    """The same TorchTrainer with workers that reserve a fraction of a GPU (two 0.5 trials share one).
-
-    `build_trainer` reserves whole GPUs (`use_gpu=True` means one per worker) and the job config has no
-    per-worker GPU field, so the trainer is rebuilt from its own parts with Ray's documented override,
-    `ScalingConfig(resources_per_worker={"GPU": f})`.
-    """
-    from ray.train.torch import TorchTrainer
-
-    scaling = dataclasses.replace(job.scaling_config, resources_per_worker={"GPU": gpus_per_worker})
-    return TorchTrainer(
-        job.train_loop_per_worker,
-        train_loop_config=job.train_loop_config,
-        torch_config=job.backend_config,
-        scaling_config=scaling,
-        run_config=job.run_config,
-    )
 
 
 def _tune_config(spec: SweepSpec, base: JobConfig, space: SearchSpace, points: list[dict[str, Any]]) -> Any:
