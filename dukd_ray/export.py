@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dukd_ray.eval.metrics import to_float_tensor
 from dukd_ray.storage import redact_url, write_bytes_atomic
-from dukd_ray.upscale import SETUP_ERRORS, add_checkpoint_args, image_to_tensor, model_from_args
+from dukd_ray.upscale import SETUP_ERRORS, add_checkpoint_args, model_from_args
 
 FORMATS = ("onnx", "torchscript")
 FP32_TOLERANCE = 1e-4
@@ -65,11 +66,11 @@ def reference_inputs() -> list[torch.Tensor]:
     except ImportError as e:
         raise ImportError("export verification needs scikit-image: pip install 'dukd-ray[samples]'") from e
     astronaut, chelsea, coffee = data.astronaut(), data.chelsea(), data.coffee()
-    first = image_to_tensor(np.ascontiguousarray(astronaut[60:105, 190:228]))  # 45 x 38, the face
+    first = to_float_tensor(astronaut[60:105, 190:228])  # 45 x 38, the face
     second = torch.cat(
         [
-            image_to_tensor(np.ascontiguousarray(chelsea[120:149, 150:203])),  # 29 x 53, the cat's eyes
-            image_to_tensor(np.ascontiguousarray(coffee[150:179, 220:273])),
+            to_float_tensor(chelsea[120:149, 150:203]),  # 29 x 53, the cat's eyes
+            to_float_tensor(coffee[150:179, 220:273]),
         ]
     )
     return [first, second]

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from dukd_ray.data.imageio import IMAGE_SUFFIXES, read_image, write_png
 from dukd_ray.eval.inference import super_resolve
-from dukd_ray.eval.metrics import to_uint8_hwc
+from dukd_ray.eval.metrics import to_float_tensor, to_uint8_hwc
 from dukd_ray.models import ARCHS, PRESET_NAMES, CheckpointError, build_from_checkpoint
 from dukd_ray.storage import StorageError, get_fs, join, redact_url
 
@@ -33,11 +33,6 @@ class UpscaleTask:
 
     source: str
     dest: str
-
-
-def image_to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """RGB uint8 HWC -> float32 (1, 3, H, W) in [0, 1]."""
-    return torch.tensor(img, dtype=torch.float32).permute(2, 0, 1).div(255.0).unsqueeze(0).to(device)
 
 
 def find_images(
@@ -92,7 +87,7 @@ def upscale_image(
     amp: bool = False,
 ) -> np.ndarray:
     """Super-resolve one RGB uint8 image with `model` (on its own device); bf16 autocast if `amp`."""
-    lr = image_to_tensor(img, next(model.parameters()).device)
+    lr = to_float_tensor(img, device=next(model.parameters()).device)
     amp_dtype = torch.bfloat16 if amp else None
     with torch.inference_mode():
         sr = super_resolve(model, lr, self_ensemble, tile, tile_overlap, amp_dtype=amp_dtype)

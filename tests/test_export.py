@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from skimage import data
 from torch import nn
 
+from dukd_ray.eval.metrics import to_float_tensor
 from dukd_ray.export import FP16_TOLERANCE, ExportVerificationError, export_model, main
 from dukd_ray.models import build_arch, save_weights
 from dukd_ray.storage import read_bytes
@@ -24,7 +25,7 @@ def _photo_batch() -> torch.Tensor:
     """Two crops of a photograph at a size export verification never used (23 x 31: not a window multiple)."""
     rocket = data.rocket()
     crops = [rocket[200:223, 300:331], rocket[60:83, 500:531]]
-    return torch.stack([torch.tensor(c, dtype=torch.float32).permute(2, 0, 1) / 255.0 for c in crops])
+    return torch.cat([to_float_tensor(c) for c in crops])
 
 
 def _run_exported(path: str, fmt: str, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from dukd_ray.eval.metrics import psnr, ssim
+from dukd_ray.eval.metrics import psnr, ssim, to_float_tensor, to_uint8_hwc
 
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
@@ -64,6 +64,15 @@ def test_tensor_input_is_quantised_like_a_saved_png():
     sr_q[0, 0] = [255, 0, 255]
     assert psnr(sr_t.float(), hr, 2) == psnr(sr_q, hr, 2)
     assert ssim(sr_t.float()[None], hr, 2) == ssim(sr_q, hr, 2)
+
+
+def test_float_tensor_is_channels_first_over_255_and_round_trips():
+    img = np.array([[[0, 51, 255], [1, 2, 3]]], dtype=np.uint8)  # 1 x 2 pixels
+    t = to_float_tensor(img, torch.float64)
+    assert t.shape == (1, 3, 1, 2) and t.dtype == torch.float64
+    assert t[0, :, 0, 0].tolist() == [0.0, 0.2, 1.0]
+    assert t[0, 2, 0, 1].item() == 3 / 255
+    assert np.array_equal(to_uint8_hwc(to_float_tensor(img)), img)
 
 
 def test_ssim_of_constant_images_is_the_luminance_term():

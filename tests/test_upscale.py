@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data
 
 from dukd_ray.data.imageio import encode_png, read_image, write_png
-from dukd_ray.eval.metrics import psnr, to_uint8_hwc
+from dukd_ray.eval.metrics import psnr, to_float_tensor, to_uint8_hwc
 from dukd_ray.eval.resize import imresize
 from dukd_ray.models import build_arch, save_weights
 from dukd_ray.storage import write_bytes_atomic
@@ -21,17 +21,13 @@ from dukd_ray.upscale import main
 SCALE = 2
 
 
-def _to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
-
-
 def _downscale(hr: np.ndarray) -> np.ndarray:
     """The LR photo a user would have: MATLAB-bicubic downscale, saved as 8-bit."""
-    return to_uint8_hwc(imresize(_to_tensor(hr), 1 / SCALE))
+    return to_uint8_hwc(imresize(to_float_tensor(hr), 1 / SCALE))
 
 
 def _bicubic_psnr(lr: np.ndarray, hr: np.ndarray) -> float:
-    return psnr(imresize(_to_tensor(lr), SCALE), hr, crop_border=SCALE)
+    return psnr(imresize(to_float_tensor(lr), SCALE), hr, crop_border=SCALE)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +41,7 @@ def trained_checkpoint(tmp_path_factory) -> str:
     torch.set_num_threads(1)  # tiny convs: one thread is faster than two fighting other work for 2 cores
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    hr = _to_tensor(data.astronaut())
+    hr = to_float_tensor(data.astronaut())[0]
     lr = imresize(hr, 1 / SCALE)
     model = build_arch("edsr", SCALE, "tiny_student")
     steps, batch, patch = 400, 8, 16

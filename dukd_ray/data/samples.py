@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dukd_ray.data.imageio import write_png
+from dukd_ray.eval.metrics import to_float_tensor, to_uint8_hwc
 from dukd_ray.eval.resize import imresize
 from dukd_ray.storage import exists, join, read_bytes, write_bytes_atomic
 
@@ -60,7 +61,7 @@ class Photo:
             img = np.repeat(img[:, :, None], 3, axis=2)
         img = img[:, :, :3]
         if self.shrink > 1:
-            img = _to_uint8(imresize(_to_float(img), 1 / self.shrink))
+            img = _matlab_resize(img, 1 / self.shrink)
         return _center_crop(img)
 
 
@@ -84,13 +85,9 @@ TEST_PHOTOS: dict[str, Photo] = {
 }
 
 
-def _to_float(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1).to(torch.float64) / 255.0
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Round to uint8 the way MATLAB stores imresize output of a uint8 image (saturate, round)."""
-    return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+def _matlab_resize(img: np.ndarray, factor: float) -> np.ndarray:
+    """MATLAB imresize of a uint8 image, in float64, stored back as uint8 (saturate, round)."""
+    return to_uint8_hwc(imresize(to_float_tensor(img, torch.float64), factor))
 
 
 def _center_crop(img: np.ndarray) -> np.ndarray:
@@ -102,7 +99,7 @@ def _center_crop(img: np.ndarray) -> np.ndarray:
 
 def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     """The x`scale` LR image of an RGB uint8 HR image, as MATLAB's `imresize(hr, 1/scale)` makes it."""
-    return _to_uint8(imresize(_to_float(hr), 1 / scale))
+    return _matlab_resize(hr, 1 / scale)
 
 
 def _read_marker(url: str, storage_options: dict[str, Any] | None) -> set[int]:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from dukd_ray.data.imageio import IMAGE_SUFFIXES, read_image
 from dukd_ray.eval.inference import super_resolve
-from dukd_ray.eval.metrics import psnr, ssim, to_uint8_hwc
+from dukd_ray.eval.metrics import psnr, ssim, to_float_tensor, to_uint8_hwc
 from dukd_ray.eval.resize import imresize
 from dukd_ray.storage import get_fs, join, redact_url, with_retries
 
@@ -126,10 +126,6 @@ def load_benchmark_sets(
     return sets
 
 
-def _to_tensor(img: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    return torch.from_numpy(img.copy()).permute(2, 0, 1)[None].to(device=device, dtype=torch.float32) / 255.0
-
-
 def _score(sr: np.ndarray, pair: Pair, scale: int) -> tuple[float, float]:
     if sr.shape != pair.hr.shape:
         raise ValueError(
@@ -150,7 +146,7 @@ def evaluate_pair(
 ) -> tuple[float, float, np.ndarray]:
     """Super-resolve one pair on `device`: (PSNR-Y, SSIM-Y, SR as RGB uint8 HWC), border `scale` cropped."""
     model.to(device)
-    lr = _to_tensor(pair.lr, device)
+    lr = to_float_tensor(pair.lr, device=device)
     out = super_resolve(model, lr, self_ensemble, tile, tile_overlap, scale=scale, amp_dtype=amp_dtype)
     sr = to_uint8_hwc(out[0])
     return (*_score(sr, pair, scale), sr)
@@ -158,7 +154,7 @@ def evaluate_pair(
 
 def bicubic_pair(pair: Pair, scale: int) -> tuple[float, float, np.ndarray]:
     """The bicubic baseline for one pair: LR upscaled with MATLAB bicubic, scored like a model."""
-    sr = to_uint8_hwc(imresize(_to_tensor(pair.lr, "cpu")[0], scale))
+    sr = to_uint8_hwc(imresize(to_float_tensor(pair.lr), scale))
     return (*_score(sr, pair, scale), sr)
 
 

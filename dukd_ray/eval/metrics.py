@@ -20,6 +20,13 @@ _SSIM_SIZE, _SSIM_SIGMA = 11, 1.5
 Image = np.ndarray | torch.Tensor
 
 
+def to_float_tensor(
+    img: np.ndarray, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """RGB uint8 HWC -> float (1, 3, H, W) in [0, 1]: the model-input side of `to_uint8_hwc`."""
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].to(device=device, dtype=dtype) / 255.0
+
+
 def to_uint8_hwc(img: Image, what: str = "image") -> np.ndarray:
     """An RGB uint8 HWC array from uint8 HWC numpy or a float (C, H, W) / (1, C, H, W) tensor in [0, 1]."""
     if isinstance(img, torch.Tensor):
