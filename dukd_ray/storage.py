@@ -42,8 +42,10 @@ def storage_options_from_env(url: str) -> dict[str, Any]:
     """
     opts: dict[str, Any] = {}
     if str(url).startswith(("s3://", "s3a://")):
-        endpoint = os.environ.get("DUKD_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
-            "AWS_ENDPOINT_URL"
+        endpoint = (
+            os.environ.get("DUKD_S3_ENDPOINT_URL")
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
         )
         if endpoint:
             opts["endpoint_url"] = endpoint
@@ -74,7 +76,9 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: 
         try:
             return fn()
         except PermissionError as e:  # s3fs says just "Forbidden": name the URL
-            raise StorageError(f"access denied to {redact_url(what)} (credentials?): {_redact_msg(e)}") from None
+            raise StorageError(
+                f"access denied to {redact_url(what)} (credentials?): {_redact_msg(e)}"
+            ) from None
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise
         except (OSError, TimeoutError, ConnectionError) as e:  # network, throttling, 5xx
@@ -87,7 +91,8 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: 
                 raise StorageError(f"cannot access {redact_url(what)}: {name}: {_redact_msg(e)}") from None
             raise
     raise StorageError(
-        f"cannot access {redact_url(what)} after {attempts} attempts: {type(last).__name__}: {_redact_msg(last)}"
+        f"cannot access {redact_url(what)} after {attempts} attempts: "
+        f"{type(last).__name__}: {_redact_msg(last)}"
     ) from None
 
 
