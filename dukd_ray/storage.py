@@ -75,10 +75,8 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: 
     for i in range(attempts):
         try:
             return fn()
-        except PermissionError as e:  # s3fs says just "Forbidden": name the URL
-            raise StorageError(
-                f"access denied to {redact_url(what)} (credentials?): {_redact_msg(e)}"
-            ) from None
+        except PermissionError as e:
+            raise _access_denied(what, e) from None
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise
         except (OSError, TimeoutError, ConnectionError) as e:  # network, throttling, 5xx
@@ -100,6 +98,11 @@ def _redact_msg(e: BaseException | None) -> str:
     return redact_url(str(e))[:300]
 
 
+def _access_denied(what: str, e: PermissionError) -> StorageError:
+    """A refused request as a StorageError naming the URL (s3fs says just "Forbidden")."""
+    return StorageError(f"access denied to {redact_url(what)} (credentials?): {_redact_msg(e)}")
+
+
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes:
     """Read a whole (small) object; FileNotFoundError names the redacted URL."""
     fs, path = get_fs(url, storage_options)
@@ -118,24 +121,27 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: dict[str, Any] | 
     """Write an object so that readers see either the old one or the whole new one.
 
     Local files: write a temp file in the same folder, fsync, os.replace. Object stores: a single
-    PUT is already atomic (the object appears only when the upload completes).
+    PUT is already atomic (the object appears only when the upload completes). A refused write is
+    a StorageError naming the URL, local or remote.
     """
     fs, path = get_fs(url, storage_options)
-    if _is_local(fs):
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    if not _is_local(fs):
+        with_retries(lambda: fs.pipe_file(path, data), url)
         return
-    with_retries(lambda: fs.pipe_file(path, data), url)
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except PermissionError as e:
+        raise _access_denied(url, e) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -34,7 +34,7 @@ from dukd_ray.data.shards import (
     parse_manifest,
     shard_info,
 )
-from dukd_ray.data.sources import Record, access_errors, list_div2k_pairs, read_pair
+from dukd_ray.data.sources import Record, list_div2k_pairs, read_pair
 from dukd_ray.storage import get_fs, join, read_bytes, redact_url, with_retries, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,7 @@ def pack(
         "shard_size_mb": shard_size_mb,
         "images": hashlib.sha256("\n".join(p.name for p in pairs).encode()).hexdigest()[:16],
     }
-    with access_errors(dst):
-        shards, ends, shapes = _resume(dst, params, dst_options)
+    shards, ends, shapes = _resume(dst, params, dst_options)
     writer = _Writer(dst, dst_options, params, shards, ends, shapes)
     first_image, first_crop = ends[-1] if ends else (0, 0)
     limit = int(shard_size_mb * 2**20)
@@ -134,8 +133,7 @@ class _Writer:
     def flush(self, records: list[Record], end: tuple[int, int]) -> None:
         name = f"shard-{len(self.shards):05d}.bin"
         data = encode_shard(records)
-        with access_errors(self.dst):
-            write_bytes_atomic(join(self.dst, name), data, self.options)
+        write_bytes_atomic(join(self.dst, name), data, self.options)
         self.shards.append(shard_info(name, data))
         self.ends.append(end)
         self.shapes.update(_shape_key(hr.shape) for _, hr, _ in records)

@@ -10,7 +10,6 @@ fast path, fetched as a few large range reads per run of consecutive records.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, Protocol
@@ -28,7 +27,7 @@ from dukd_ray.data.shards import (
     header_length,
     load_manifest,
 )
-from dukd_ray.storage import StorageError, exists, get_fs, join, redact_url, with_retries
+from dukd_ray.storage import exists, get_fs, join, redact_url, with_retries
 
 Record = tuple[str, np.ndarray, np.ndarray]
 HR_DIR = "DIV2K_train_HR"
@@ -39,20 +38,6 @@ RANGE_BYTES = 8 << 20
 
 class PairError(ValueError):
     """An HR/LR pair is incomplete or its sizes do not agree with the scale."""
-
-
-@contextmanager
-def access_errors(url: str) -> Iterator[None]:
-    """Turn a refused request (no or wrong credentials) into a StorageError that names the URL.
-
-    `storage.with_retries` re-raises PermissionError as is, and s3fs's message is just "Forbidden".
-    """
-    try:
-        yield
-    except PermissionError as e:
-        raise StorageError(
-            f"access denied to {redact_url(url)} (credentials?): {redact_url(str(e))[:200]}"
-        ) from None
 
 
 class Source(Protocol):
@@ -95,12 +80,10 @@ def _split_suffix(name: str) -> tuple[str, str]:
 def list_div2k_pairs(root: str, scale: int, storage_options: dict[str, Any] | None = None) -> list[ImagePair]:
     """The HR/LR pairs of a DIV2K-layout root, sorted by name; every HR needs its LR and vice versa."""
     hr_url, lr_url = join(root, HR_DIR), join(root, LR_DIR, f"X{scale}")
-    with access_errors(root):
-        hrs = _list_images(hr_url, storage_options)
+    hrs = _list_images(hr_url, storage_options)
     if not hrs:
         raise FileNotFoundError(f"no images under {redact_url(hr_url)} (expected DIV2K layout)")
-    with access_errors(root):
-        lrs = _list_images(lr_url, storage_options)
+    lrs = _list_images(lr_url, storage_options)
     lr_by_stem = {_split_suffix(n)[0]: n for n in lrs}
     pairs = []
     for name in sorted(hrs):
@@ -119,10 +102,8 @@ def list_div2k_pairs(root: str, scale: int, storage_options: dict[str, Any] | No
 
 def read_pair(pair: ImagePair, scale: int, storage_options: dict[str, Any] | None = None) -> Record:
     """Decode an HR/LR pair; HR is mod-cropped to scale x LR size, which must then match exactly."""
-    with access_errors(pair.hr_url):
-        hr = read_image(pair.hr_url, storage_options)
-    with access_errors(pair.lr_url):
-        lr = read_image(pair.lr_url, storage_options)
+    hr = read_image(pair.hr_url, storage_options)
+    lr = read_image(pair.lr_url, storage_options)
     (hh, hw), (lh, lw) = hr.shape[:2], lr.shape[:2]
     if hh // scale != lh or hw // scale != lw:
         raise PairError(
@@ -182,12 +163,10 @@ class ShardSource:
         for unit, group in groupby(requests, key=lambda r: r[0]):
             url = join(self.prefix, self.manifest.shards[unit].name)
             path = get_fs(url, self.storage_options)[1]
-            with access_errors(url):
-                records = self._header(fs, unit, url, path)
+            records = self._header(fs, unit, url, path)
             for run in _runs([records[r] for _, r in group]):
                 start, end = run[0].offset, run[-1].end
-                with access_errors(url):
-                    data = with_retries(lambda p=path, s=start, e=end: fs.cat_file(p, start=s, end=e), url)
+                data = with_retries(lambda p=path, s=start, e=end: fs.cat_file(p, start=s, end=e), url)
                 for info in run:
                     hr, lr = decode_record(data, info.offset - start, info, url)
                     yield f"{info.name} in {redact_url(url)}", hr, lr
@@ -225,11 +204,10 @@ def _runs(records: list[RecordInfo]) -> Iterator[list[RecordInfo]]:
 
 def open_source(url: str, scale: int, storage_options: dict[str, Any] | None = None) -> Source:
     """A shard prefix if `url` holds manifest.json, else a DIV2K-layout root."""
-    with access_errors(url):
-        if exists(join(url, MANIFEST_NAME), storage_options):
-            return ShardSource(url, scale, storage_options)
-        if exists(join(url, HR_DIR), storage_options):
-            return PngSource(url, scale, storage_options)
+    if exists(join(url, MANIFEST_NAME), storage_options):
+        return ShardSource(url, scale, storage_options)
+    if exists(join(url, HR_DIR), storage_options):
+        return PngSource(url, scale, storage_options)
     raise FileNotFoundError(
         f"{redact_url(url)} holds neither {MANIFEST_NAME} (a shard prefix) nor {HR_DIR}/ (a DIV2K root)"
     )
