@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -56,3 +58,34 @@ class MeanShift(nn.Module):
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x / self.img_range + self.mean.to(x.dtype)
+
+
+class ResidualTrunkSR(nn.Module):
+    """EDSR/RCAN's shared frame: conv_first -> body -> conv_after_body (+skip) -> upsample -> conv_last.
+
+    `make_body` runs between conv_first and conv_after_body so parameters are created (and seeded
+    initialisation draws random numbers) in BasicSR's order.
+    """
+
+    def __init__(
+        self,
+        make_body: Callable[[], nn.Module],
+        upscale: int,
+        num_in_ch: int,
+        num_out_ch: int,
+        num_feat: int,
+        img_range: float,
+        rgb_mean: tuple[float, ...],
+    ) -> None:
+        super().__init__()
+        self.shift = MeanShift(rgb_mean, img_range)
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.body = make_body()
+        self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.upsample = Upsample(upscale, num_feat)
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_first(self.shift.normalize(x))
+        x = x + self.conv_after_body(self.body(x))
+        return self.shift.denormalize(self.conv_last(self.upsample(x)))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from dukd_ray.models.blocks import MeanShift, ResidualBlockNoBN, Upsample
+from dukd_ray.models.blocks import ResidualBlockNoBN, ResidualTrunkSR
 
 
-class EDSR(nn.Module):
+class EDSR(ResidualTrunkSR):
     """conv_first -> body (residual blocks) -> conv_after_body (+skip) -> upsample -> conv_last."""
 
     def __init__(
@@ -22,15 +21,12 @@ class EDSR(nn.Module):
         img_range: float = 255.0,
         rgb_mean: tuple[float, ...] = (0.4488, 0.4371, 0.4040),
     ) -> None:
-        super().__init__()
-        self.shift = MeanShift(rgb_mean, img_range)
-        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(ResidualBlockNoBN(num_feat, res_scale) for _ in range(num_block)))
-        self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.upsample = Upsample(upscale, num_feat)
-        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_first(self.shift.normalize(x))
-        x = x + self.conv_after_body(self.body(x))
-        return self.shift.denormalize(self.conv_last(self.upsample(x)))
+        super().__init__(
+            lambda: nn.Sequential(*(ResidualBlockNoBN(num_feat, res_scale) for _ in range(num_block))),
+            upscale,
+            num_in_ch,
+            num_out_ch,
+            num_feat,
+            img_range,
+            rgb_mean,
+        )
