@@ -22,12 +22,9 @@ from dukd_ray.eval.metrics import psnr, ssim, to_float_tensor, to_uint8_hwc
 from dukd_ray.eval.resize import imresize
 from dukd_ray.storage import get_fs, join, redact_url, with_retries
 
-# Names the same set goes by in different benchmark packs.
-SET_ALIASES: dict[str, tuple[str, ...]] = {
-    "b100": ("B100", "BSD100", "BSDS100"),
-    "bsd100": ("B100", "BSD100", "BSDS100"),
-    "bsds100": ("B100", "BSD100", "BSDS100"),
-}
+# Names the same set goes by in different benchmark packs: any of them finds a folder named by another.
+_B100_NAMES = ("B100", "BSD100", "BSDS100")
+SET_ALIASES: dict[str, tuple[str, ...]] = {n.lower(): _B100_NAMES for n in _B100_NAMES}
 
 SetScores = dict[str, Any]  # {"psnr": float, "ssim": float, "images": {name: {"psnr", "ssim"}}}
 
