@@ -160,13 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Upscale PNG/JPEG images (files or folders, local paths or URLs) with an SR model.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
-    p.add_argument(
-        "--checkpoint", required=True, help=".pth/.safetensors from a run, or a foreign checkpoint"
-    )
     p.add_argument("--out", required=True, help="output folder (local or URL); PNGs named after the inputs")
-    p.add_argument("--arch", choices=sorted(ARCHS), help="only for foreign checkpoints (ours carry it)")
-    p.add_argument("--scale", type=int, help="only for foreign checkpoints (ours carry it)")
-    p.add_argument("--preset", choices=PRESET_NAMES, help="model size of a foreign checkpoint")
+    add_checkpoint_args(p)
     p.add_argument(
         "--tile", type=int, help="run in tiles of N LR pixels (for images that don't fit in memory)"
     )
