@@ -27,11 +27,10 @@ import numpy as np
 
 from dukd_ray.data.pack import pack
 from dukd_ray.data.samples import write_sample_data
+from dukd_ray.distill import METHODS
 from dukd_ray.eval.benchmark import (
     Pair,
-    bicubic_pair,
     evaluate_bicubic,
-    evaluate_pair,
     evaluate_sets,
     load_benchmark_sets,
 )
@@ -39,11 +38,11 @@ from dukd_ray.models import build_from_checkpoint
 from dukd_ray.storage import write_bytes_atomic
 from dukd_ray.train.cli import apply_args, build_parser, teacher_config, teacher_parser
 from dukd_ray.train.config import JobConfig
+from dukd_ray.train.outputs import comparison_panels
 from dukd_ray.train.report import crops_png, html_page, html_table, md_table, psnr_curves_png
 from dukd_ray.train.trainer import run_training
 
 PRESET = "edsr_x4"
-METHODS = ("scratch", "kd", "dukd")
 STATE_FILE = "quickstart.json"
 LR = 1e-3  # tiny nets on a short budget: 10x the paper's rate converges in a few hundred steps
 
@@ -282,16 +281,9 @@ def _findings(results: dict[str, Any], budget: Budget) -> str:
 def _crops(benchmark: str, teacher: dict[str, Any], students: dict[str, list[dict[str, Any]]]) -> bytes:
     pairs = load_benchmark_sets(benchmark, ["Sample"], scale=4)["Sample"]
     pair = max(pairs, key=_colourfulness)  # a colour photograph shows artefacts best
-    psnr, _, sr = bicubic_pair(pair, 4)
-    panels = [(f"bicubic\n{psnr:.2f} dB", sr)]
-    for label, url in [
-        *((m, runs[0]["weights"]) for m, runs in students.items()),
-        ("teacher", teacher["weights"]),
-    ]:
-        psnr, _, sr = evaluate_pair(build_from_checkpoint(url), pair, 4, "cpu")
-        panels.append((f"{label}\n{psnr:.2f} dB", sr))
-    panels.append((f"HR ({pair.name})", pair.hr))
-    return crops_png(panels, crop=160)
+    weights = [(m, runs[0]["weights"]) for m, runs in students.items()] + [("teacher", teacher["weights"])]
+    models = [(label, build_from_checkpoint(url)) for label, url in weights]
+    return crops_png(comparison_panels(pair, 4, models, "cpu"), crop=160)
 
 
 def _colourfulness(pair: Pair) -> float:

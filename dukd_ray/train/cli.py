@@ -11,13 +11,11 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from dukd_ray.distill import DistillConfig
+from dukd_ray.distill import METHODS, DistillConfig
 from dukd_ray.storage import redact_url
 from dukd_ray.train.config import ConfigError, JobConfig, parse_overrides
 from dukd_ray.train.preflight import InputError
 from dukd_ray.train.trainer import TrainResult, run_training
-
-METHODS = ("scratch", "kd", "dukd")
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -38,7 +36,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--no-gpu", action="store_true", help="train on CPU workers even if GPUs exist")
     p.add_argument("--max-steps", type=int, help="training iterations")
     p.add_argument("--batch-size", type=int, help="patches per worker per step")
-    p.add_argument("--method", choices=METHODS, help="objective (default: dukd, or scratch for a teacher)")
+    p.add_argument(
+        "--method", choices=list(METHODS), help="objective (default: dukd, or scratch for a teacher)"
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, repeatable"
     )

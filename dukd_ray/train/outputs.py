@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,13 +41,10 @@ def write_outputs(
         storage_options=opts,
     )
     write_bytes_atomic(join(run_url, "curves.png"), curves_png(history), opts)
-    pair = next(iter(sets.values()))[0]
-    psnr, _, bicubic = bicubic_pair(pair, m.scale)
-    panels = [(f"bicubic\n{psnr:.2f} dB", bicubic)]
-    panels.append(_panel(f"student ({m.student_preset}, EMA)", ema, pair, m.scale, device))
+    models = [(f"student ({m.student_preset}, EMA)", ema)]
     if teacher is not None:
-        panels.append(_panel(f"teacher ({m.teacher_preset})", teacher, pair, m.scale, device))
-    panels.append((f"HR {pair.name}", pair.hr))
+        models.append((f"teacher ({m.teacher_preset})", teacher))
+    panels = comparison_panels(next(iter(sets.values()))[0], m.scale, models, device)
     write_bytes_atomic(join(run_url, "crops.png"), crops_png(panels), opts)
 
     final, names, export = history[-1], list(sets), cfg.run.export_name
@@ -70,8 +68,13 @@ def write_outputs(
     )
 
 
-def _panel(
-    title: str, model: nn.Module, pair: Pair, scale: int, device: torch.device
-) -> tuple[str, np.ndarray]:
-    psnr, _, sr = evaluate_pair(model, pair, scale, device)
-    return f"{title}\n{psnr:.2f} dB", sr
+def comparison_panels(
+    pair: Pair, scale: int, models: Sequence[tuple[str, nn.Module]], device: torch.device | str
+) -> list[tuple[str, np.ndarray]]:
+    """The crops figure's panels: bicubic, each titled model, then HR; SR panels carry their Y-PSNR."""
+    psnr, _, bicubic = bicubic_pair(pair, scale)
+    panels = [(f"bicubic\n{psnr:.2f} dB", bicubic)]
+    for title, model in models:
+        psnr, _, sr = evaluate_pair(model, pair, scale, device)
+        panels.append((f"{title}\n{psnr:.2f} dB", sr))
+    return [*panels, (f"HR ({pair.name})", pair.hr)]
