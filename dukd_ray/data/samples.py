@@ -19,7 +19,7 @@ import torch
 from dukd_ray.data.imageio import write_png
 from dukd_ray.eval.metrics import to_float_tensor, to_uint8_hwc
 from dukd_ray.eval.resize import imresize
-from dukd_ray.storage import exists, join, read_bytes, write_bytes_atomic
+from dukd_ray.storage import join, read_bytes, write_bytes_atomic
 
 SET_NAME = "Sample"
 MAX_SIDE = 512  # keeps the whole data set a few MB and its build a few seconds
@@ -61,7 +61,7 @@ class Photo:
             img = np.repeat(img[:, :, None], 3, axis=2)
         img = img[:, :, :3]
         if self.shrink > 1:
-            img = _matlab_resize(img, 1 / self.shrink)
+            img = bicubic_lr(img, self.shrink)
         return _center_crop(img)
 
 
@@ -85,11 +85,6 @@ TEST_PHOTOS: dict[str, Photo] = {
 }
 
 
-def _matlab_resize(img: np.ndarray, factor: float) -> np.ndarray:
-    """MATLAB imresize of a uint8 image, in float64, stored back as uint8 (saturate, round)."""
-    return to_uint8_hwc(imresize(to_float_tensor(img, torch.float64), factor))
-
-
 def _center_crop(img: np.ndarray) -> np.ndarray:
     """Centre crop to at most MAX_SIDE per side, then down to a multiple of MOD."""
     h, w = (min(s, MAX_SIDE) // MOD * MOD for s in img.shape[:2])
@@ -98,17 +93,18 @@ def _center_crop(img: np.ndarray) -> np.ndarray:
 
 
 def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """The x`scale` LR image of an RGB uint8 HR image, as MATLAB's `imresize(hr, 1/scale)` makes it."""
-    return _matlab_resize(hr, 1 / scale)
+    """The x`scale` LR image of an RGB uint8 HR image, as MATLAB's `imresize(hr, 1/scale)` makes it.
+
+    Resized in float64 and stored back as uint8 the way MATLAB stores a uint8 result (saturate, round).
+    """
+    return to_uint8_hwc(imresize(to_float_tensor(hr, torch.float64), 1 / scale))
 
 
 def _read_marker(url: str, storage_options: dict[str, Any] | None) -> set[int]:
     """Scales a previous build of this VERSION completed (empty when none)."""
-    if not exists(url, storage_options):
-        return set()
     try:
         info = json.loads(read_bytes(url, storage_options))
-    except ValueError:
+    except (FileNotFoundError, ValueError):
         return set()
     return set(info.get("scales", [])) if info.get("version") == VERSION else set()
 
