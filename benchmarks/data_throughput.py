@@ -32,7 +32,6 @@ import uuid
 from collections.abc import Iterator
 
 import numpy as np
-import torch
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")  # fake credentials for the local moto server only
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -41,9 +40,8 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 from dukd_ray.data import build_train_stream  # noqa: E402
 from dukd_ray.data.imageio import read_image, write_png  # noqa: E402
 from dukd_ray.data.pack import pack  # noqa: E402
-from dukd_ray.data.samples import write_sample_data  # noqa: E402
+from dukd_ray.data.samples import bicubic_lr, write_sample_data  # noqa: E402
 from dukd_ray.data.sources import HR_DIR, LR_DIR, list_div2k_pairs  # noqa: E402
-from dukd_ray.eval.resize import imresize  # noqa: E402
 
 SCALE, PATCH, BATCH = 4, 48, 16
 
@@ -61,8 +59,7 @@ def make_div2k_like(root: str, n_images: int) -> tuple[int, int]:
     pairs = list_div2k_pairs(sample.train_url, SCALE)
     for i in range(n_images):
         hr = mosaic(read_image(pairs[i % len(pairs)].hr_url))
-        x = torch.from_numpy(hr).permute(2, 0, 1).double() / 255
-        lr = (imresize(x, 1 / SCALE).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        lr = bicubic_lr(hr, SCALE)
         write_png(os.path.join(root, "div2k", HR_DIR, f"{i + 1:04d}.png"), hr)
         write_png(os.path.join(root, "div2k", LR_DIR, f"X{SCALE}", f"{i + 1:04d}x{SCALE}.png"), lr)
     return hr.shape[:2]
