@@ -370,6 +370,27 @@ def test_bf16_autocast_is_applied_and_close_to_fp32():
         assert bf16[key] == pytest.approx(fp32[key], rel=3e-2)  # ...and the losses are still fp32-accurate
 
 
+def test_input_memory_format_changes_the_layout_not_the_maths():
+    """train.channels_last reaches every network input; NHWC and NCHW steps agree to float rounding."""
+    seen: dict[torch.memory_format, list[bool]] = {}
+    results = {}
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        student, teacher = tiny_models(2)
+        seen[fmt] = []
+        for net in (student, teacher):
+            net.register_forward_pre_hook(
+                lambda _m, args, fmt=fmt: seen[fmt].append(args[0].is_contiguous(memory_format=fmt))
+            )
+        opt = torch.optim.Adam(student.parameters(), LR_RATE)
+        batch, cfg = make_batch(2), DistillConfig(lc_prob=0.5)
+        results[fmt] = train_step(student, teacher, opt, batch, cfg, torch.Generator(), memory_format=fmt)
+    nhwc, nchw = results[torch.channels_last], results[torch.contiguous_format]
+    for fmt, layouts in seen.items():  # every student and teacher call: step A, zoom-in, zoom-out
+        assert len(layouts) >= 4 and all(layouts), fmt
+    for key in nhwc:
+        assert nchw[key] == pytest.approx(nhwc[key], rel=1e-5)
+
+
 def test_ddp_wrapped_student_steps_like_the_plain_one(tmp_path):
     """World size 1 (gloo, file store): the DDP student is only called, and its step equals the plain one."""
     import torch.distributed as dist
