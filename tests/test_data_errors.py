@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import s3fs
 from PIL import Image
@@ -99,6 +101,21 @@ def test_grayscale_and_rgba_are_converted_and_said_once(div2k, tmp_path, caplog,
     assert load_manifest(str(dst), SCALE).num_records == 72  # nothing dropped
     stream = build_train_stream(str(dst), SCALE, 16, batch_size=4, num_workers=0)
     assert next(iter(stream))["hr"].shape[1] == 3
+
+
+def test_16_bit_grayscale_keeps_its_brightness():
+    levels = np.array([[0, 257, 1028, 65535], [128, 129, 384, 385]], dtype=np.uint16)
+    img = imageio.decode_image(_png16(levels), "gray16.png")
+    assert img.shape == (2, 4, 3) and (img == img[..., :1]).all()
+    assert img[..., 0].tolist() == [[0, 1, 4, 255], [0, 1, 1, 1]]  # round(v * 255 / 65535)
+    dark = imageio.decode_image(_png16(levels // 64), "dark.png")  # at most 1023: stays dark
+    assert dark.max() == 4
+
+
+def _png16(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def test_missing_and_empty_prefixes(tmp_path, s3_bucket):

@@ -41,9 +41,11 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
         if img.mode not in _converted_modes_said:
             _converted_modes_said.add(img.mode)
             log.warning("converting %s images to RGB (first: %s)", img.mode, redact_url(name))
-        if img.mode in ("I;16", "I;16B", "I", "F"):
+        if img.mode in ("I;16", "I;16L", "I;16B", "I", "F"):
             arr = np.asarray(img).astype(np.float64)
-            arr = np.clip(arr / max(arr.max(), 1) * 255.0, 0, 255).round().astype(np.uint8)
+            # 16-bit has a known full scale; a per-image stretch would brighten an HR and its LR differently
+            full_scale = 65535.0 if img.mode.startswith("I;16") else max(arr.max(), 1)
+            arr = np.clip(arr / full_scale * 255.0, 0, 255).round().astype(np.uint8)
             img = Image.fromarray(arr)
         img = img.convert("RGB")
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
