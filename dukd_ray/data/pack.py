@@ -13,6 +13,7 @@ last, so a prefix with a manifest is always complete.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -112,7 +113,7 @@ def pack(
     bar.close()
     if buf:
         writer.flush(buf, (len(pairs), 0))
-    return writer.finish(num_images=len(pairs), crop=crop)
+    return writer.finish(num_images=len(pairs))
 
 
 class _Writer:
@@ -145,8 +146,8 @@ class _Writer:
         }
         write_bytes_atomic(join(self.dst, PROGRESS_NAME), json.dumps(progress).encode(), self.options)
 
-    def finish(self, num_images: int, crop: int) -> Manifest:
-        scale = self.params["scale"]
+    def finish(self, num_images: int) -> Manifest:
+        scale, crop = self.params["scale"], self.params["crop"]
         meta = {
             "num_images": num_images,
             "hr_crop": [crop, crop],
@@ -157,7 +158,7 @@ class _Writer:
         manifest = Manifest(scale, tuple(self.shards), sum(s.records for s in self.shards), meta)
         write_bytes_atomic(join(self.dst, MANIFEST_NAME), manifest.to_json(), self.options)
         fs, path = get_fs(join(self.dst, PROGRESS_NAME), self.options)
-        if with_retries(lambda: fs.exists(path), self.dst):
+        with contextlib.suppress(FileNotFoundError):  # none when no shard was written
             with_retries(lambda: fs.rm_file(path), self.dst)
         return manifest
 
