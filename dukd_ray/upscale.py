@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dukd_ray.data.imageio import IMAGE_SUFFIXES, read_image, write_png
+from dukd_ray.data.imageio import IMAGE_SUFFIXES, is_image_name, read_image, write_png
 from dukd_ray.eval.inference import super_resolve
 from dukd_ray.eval.metrics import to_float_tensor, to_uint8_hwc
 from dukd_ray.models import ARCHS, PRESET_NAMES, CheckpointError, build_from_checkpoint
@@ -48,7 +48,7 @@ def find_images(
         fs, path = get_fs(inp, storage_options)
         if fs.isdir(path):
             base = path.rstrip("/")
-            found = sorted(p for p in fs.find(base) if _is_image_name(p))
+            found = sorted(p for p in fs.find(base) if is_image_name(p))
             if not found:
                 raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {redact_url(inp)}")
             for p in found:
@@ -67,11 +67,6 @@ def find_images(
             )
         by_dest[t.dest] = t.source
     return tasks
-
-
-def _is_image_name(path: str) -> bool:
-    name = posixpath.basename(path)
-    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def _png_name(rel: str) -> str:

@@ -18,7 +18,7 @@ from dukd_ray.data import build_train_stream, imageio
 from dukd_ray.data.imageio import ImageDecodeError
 from dukd_ray.data.pack import pack
 from dukd_ray.data.shards import ShardFormatError, load_manifest
-from dukd_ray.data.sources import PairError
+from dukd_ray.data.sources import PairError, list_div2k_pairs
 from dukd_ray.data.stream import PatchError
 from dukd_ray.storage import StorageError
 
@@ -110,6 +110,13 @@ def test_16_bit_grayscale_keeps_its_brightness():
     assert img[..., 0].tolist() == [[0, 1, 4, 255], [0, 1, 1, 1]]  # round(v * 255 / 65535)
     dark = imageio.decode_image(_png16(levels // 64), "dark.png")  # at most 1023: stays dark
     assert dark.max() == 4
+
+
+def test_hidden_files_are_not_images(div2k):
+    want = [p.name for p in list_div2k_pairs(str(div2k), SCALE)]
+    for path in (hr_path(div2k, "0001"), lr_path(div2k, "0001")):  # macOS resource forks beside the images
+        (path.parent / f"._{path.name}").write_bytes(b"\x00\x05\x16\x07 not a png")
+    assert [p.name for p in list_div2k_pairs(str(div2k), SCALE)] == want
 
 
 def _png16(arr: np.ndarray) -> bytes:

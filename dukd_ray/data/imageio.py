@@ -22,6 +22,12 @@ _converted_modes_said: set[str] = set()
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def is_image_name(path: str) -> bool:
+    """An image suffix and not a hidden file (macOS `._name.png` resource forks are not images)."""
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
 class ImageDecodeError(ValueError):
     """An image file is corrupt, truncated or not an image."""
 

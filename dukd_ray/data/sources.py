@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dukd_ray.data.imageio import IMAGE_SUFFIXES, read_image
+from dukd_ray.data.imageio import is_image_name, read_image
 from dukd_ray.data.shards import (
     MANIFEST_NAME,
     Manifest,
@@ -67,7 +67,7 @@ def _list_images(url: str, storage_options: dict[str, Any] | None) -> dict[str, 
     out = {}
     for n in names:
         base = str(n).rstrip("/").rsplit("/", 1)[-1]
-        if base.lower().endswith(IMAGE_SUFFIXES):
+        if is_image_name(base):
             out[base] = join(url, base)
     return out
 

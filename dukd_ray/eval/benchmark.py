@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dukd_ray.data.imageio import IMAGE_SUFFIXES, read_image
+from dukd_ray.data.imageio import is_image_name, read_image
 from dukd_ray.eval.inference import super_resolve
 from dukd_ray.eval.metrics import psnr, ssim, to_float_tensor, to_uint8_hwc
 from dukd_ray.eval.resize import imresize
@@ -113,7 +113,7 @@ def load_benchmark_sets(
             files = sorted(with_retries(lambda p=hr_path: fs.ls(p, detail=False), hr_dir))
         except FileNotFoundError:
             files = []
-        images = [f.rsplit("/", 1)[-1] for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+        images = [f.rsplit("/", 1)[-1] for f in files if is_image_name(f)]
         if not images:
             raise BenchmarkDataError(f"no HR images in {redact_url(hr_dir)}")
         sets[name] = [
