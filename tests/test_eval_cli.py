@@ -24,6 +24,7 @@ from dukd_ray.eval.benchmark import (
     list_sets,
     load_benchmark_sets,
 )
+from dukd_ray.eval.metrics import to_float_tensor
 from dukd_ray.eval.resize import imresize
 from dukd_ray.models import build_arch, save_weights
 
@@ -42,7 +43,7 @@ class Oracle(nn.Module):
 
     def __init__(self, hr: np.ndarray, scale: int) -> None:
         super().__init__()
-        self.hr = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255
+        self.hr = to_float_tensor(hr)
         self.arch_spec = {"arch": "oracle", "scale": scale, "kwargs": {}}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
