@@ -18,8 +18,9 @@ import torch
 
 from dukd_ray.eval.benchmark import SetScores, evaluate_bicubic, evaluate_sets, list_sets, load_benchmark_sets
 from dukd_ray.eval.inference import model_scale
-from dukd_ray.models import ARCHS, PRESET_NAMES, CheckpointError, build_from_checkpoint
-from dukd_ray.storage import StorageError, redact_url
+from dukd_ray.models import ARCHS, PRESET_NAMES, build_from_checkpoint
+from dukd_ray.storage import redact_url
+from dukd_ray.upscale import SETUP_ERRORS
 
 BICUBIC = "bicubic"
 
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         print(run(args))
-    except (CheckpointError, StorageError, FileNotFoundError, ValueError) as e:
+    except SETUP_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
