@@ -233,8 +233,7 @@ def write_quickstart_report(
         _EXPLAIN,
         "",
     ]
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write("\n".join(md))
+    write_bytes_atomic(os.path.join(out, "report.md"), "\n".join(md).encode())
     body = [
         "<h1>dukd-ray quickstart: scratch vs KD vs DUKD (EDSR x4, tiny nets, CPU)</h1>",
         f"<p>{text}</p>",
@@ -244,8 +243,7 @@ def write_quickstart_report(
         "<h2>Crops</h2><img src='crops.png' alt='crops' style='max-width:100%'>",
         f"<h2>What DUKD did, and the real thing</h2><p>{_EXPLAIN}</p>",
     ]
-    with open(os.path.join(out, "report.html"), "w") as f:
-        f.write(html_page("dukd-ray quickstart", body))
+    write_bytes_atomic(os.path.join(out, "report.html"), html_page("dukd-ray quickstart", body).encode())
 
 
 def _findings(results: dict[str, Any], budget: Budget) -> str:
