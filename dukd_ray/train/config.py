@@ -73,7 +73,7 @@ class TrainSpec:
     ema_decay: float = 0.999
     seed: int = 10
     amp: bool = False  # bf16 autocast on CUDA workers (CPU workers always train in fp32)
-    channels_last: bool = True  # CUDA workers only
+    channels_last: bool = True  # network inputs on every worker; the weights too on CUDA workers
     log_every: int = 100
     val_every: int = 5000
     ckpt_every: int = 5000  # a multiple of val_every: checkpoints are scored by val_psnr
