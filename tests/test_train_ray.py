@@ -139,6 +139,7 @@ def test_run_folder_holds_exports_tensorboard_and_report(baseline):
         assert row in report
     assert f"{m['psnr/Sample']:.2f} / {m['ssim/Sample']:.4f}" in report
     assert "curves.png" in report and "crops.png" in report and "method: dukd" in report
+    assert "| student / teacher |" in report  # what the student saves, beside its PSNR
     html = (run / "report.html").read_text()
     assert "<table" in html and '<img src="crops.png"' in html
 

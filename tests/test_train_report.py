@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dukd_ray.train.report import crops_png, curves_png, paper_rows, results_rows, write_report
+from dukd_ray.eval.cost import ModelCost
+from dukd_ray.train.report import cost_rows, crops_png, curves_png, paper_rows, results_rows, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -51,8 +52,26 @@ def test_results_rows_and_report_files(tmp_path):
         paper=[["EDSR student DUKD (paper)", "—"]],
         config={"train": {"lr": 1e-4}},
         storage_options=None,
+        cost=cost_rows(
+            [
+                (
+                    "student",
+                    ModelCost(
+                        params=2_500_000, macs=150 * 10**9, peak_memory_bytes=2**28, lr_size=(180, 320)
+                    ),
+                ),
+                (
+                    "teacher",
+                    ModelCost(
+                        params=40_000_000, macs=3 * 10**12, peak_memory_bytes=2**30, lr_size=(180, 320)
+                    ),
+                ),
+            ]
+        ),
     )
     md = (tmp_path / "report.md").read_text()
+    assert "| student | 2.500 | 150.0 | 256 |" in md and "| teacher | 40.000 | 3000.0 | 1024 |" in md
+    assert "| student / teacher | 0.062 | 0.050 | 0.250 |" in md
     assert "| student | 31.23 / 0.8812 |" in md and "lr: 0.0001" in md and "![crops](crops.png)" in md
     html = (tmp_path / "report.html").read_text()
     assert "edsr x4 &lt;dukd&gt;" in html and "<td>31.23 / 0.8812</td>" in html

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from dukd_ray.eval.benchmark import Pair, bicubic_pair, evaluate_pair
+from dukd_ray.eval.cost import measure_cost
 from dukd_ray.models import save_weights
 from dukd_ray.storage import join, write_bytes_atomic
 from dukd_ray.train.config import JobConfig
-from dukd_ray.train.report import crops_png, curves_png, paper_rows, results_rows, write_report
+from dukd_ray.train.report import cost_rows, crops_png, curves_png, paper_rows, results_rows, write_report
 
 
 def write_outputs(
@@ -65,6 +66,7 @@ def write_outputs(
         paper=paper_rows(m.arch, m.scale, (m.teacher_preset, m.student_preset), names),
         config=cfg.redacted_dict(),
         storage_options=opts,
+        cost=cost_rows([(label, measure_cost(model)) for label, model in models]),  # meta device: ~1 s
     )
 
 

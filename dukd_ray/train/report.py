@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from dukd_ray.eval.cost import ModelCost, cost_ratios  # noqa: E402
 from dukd_ray.storage import join, write_bytes_atomic  # noqa: E402
 
 # dukd.md "Reference results": Y-PSNR (dB), x4, for the full-size teacher/student presets
@@ -111,6 +112,21 @@ def crops_png(panels: list[tuple[str, np.ndarray]], crop: int = 128) -> bytes:
     return _png(fig)
 
 
+COST_HEADER = ["model", "params (M)", "MACs (G)", "peak memory (MiB)"]
+
+
+def cost_rows(models: Sequence[tuple[str, ModelCost]]) -> list[list[str]]:
+    """`COST_HEADER` rows for (label, cost) pairs; for (student, teacher) also their ratio row."""
+    rows = [
+        [label, f"{c.params / 1e6:.3f}", f"{c.macs / 1e9:.1f}", f"{c.peak_memory_bytes / 2**20:.0f}"]
+        for label, c in models
+    ]
+    if len(models) == 2:
+        r = cost_ratios(models[0][1], models[1][1])
+        rows.append(["student / teacher", *(f"{r[k]:.3f}" for k in ("params", "macs", "peak_memory"))])
+    return rows
+
+
 def write_report(
     run_url: str,
     *,
@@ -121,14 +137,20 @@ def write_report(
     paper: list[list[str]],
     config: dict[str, Any],
     storage_options: dict[str, Any] | None,
+    cost: list[list[str]] | None = None,
 ) -> None:
-    """report.md and report.html in `run_url` (they link curves.png and crops.png beside them)."""
+    """report.md and report.html in `run_url` (they link curves.png and crops.png beside them).
+
+    `cost`: rows under `COST_HEADER` (what the student saves against the teacher), if known.
+    """
     header = ["model", *sets]
     config_yaml = yaml.safe_dump(config, sort_keys=False)
     md = [f"# {title}", "", *(f"- {line}" for line in summary), "", "## Results (Y-PSNR dB / SSIM)", ""]
     md += md_table(header, results)
     if paper:
         md += ["", "Paper reference, Y-PSNR dB (dukd.md):", "", *md_table(header, paper)]
+    if cost:
+        md += ["", "## Cost per image (LR input 320×180)", "", *md_table(COST_HEADER, cost)]
     md += ["", "## Curves", "", "![curves](curves.png)", "", "## Crops", "", "![crops](crops.png)"]
     md += ["", "## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
     esc = html.escape
@@ -136,6 +158,8 @@ def write_report(
     body += ["<h2>Results (Y-PSNR dB / SSIM)</h2>", html_table(header, results)]
     if paper:
         body += ["<p>Paper reference, Y-PSNR dB (dukd.md):</p>", html_table(header, paper)]
+    if cost:
+        body += ["<h2>Cost per image (LR input 320×180)</h2>", html_table(COST_HEADER, cost)]
     body += ["<h2>Curves</h2>", '<img src="curves.png" alt="curves">', "<h2>Crops</h2>"]
     body += ['<img src="crops.png" alt="crops">', "<h2>Config</h2>", f"<pre>{esc(config_yaml)}</pre>"]
     write_bytes_atomic(join(run_url, "report.md"), "\n".join(md).encode(), storage_options)
