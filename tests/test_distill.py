@@ -31,6 +31,8 @@ from dukd_ray.models import build_arch
 PATCH = 12  # LR patch: divisible by 2, 3 and 4 so zoom-out works at every scale
 BATCH = 2
 LR_RATE = 1e-3
+SGD_LR = 0.1
+GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6  # float32 rounding of another summation order
 
 
 # ---------------------------------------------------------------- the spec, transcribed
@@ -128,26 +130,39 @@ def make_batch(scale: int, seed: int = 1) -> dict[str, torch.Tensor]:
     return {"lr": imresize(hr, 1 / scale), "hr": hr}
 
 
-def run_both(cfg: DistillConfig, scale: int):
-    """(ours, spec) loss dicts and student parameters after one step from identical states and seeds."""
+def run_both(cfg: DistillConfig, scale: int, wrap=lambda opt: opt):
+    """(ours, spec) loss dicts and students after one iteration from identical states and seeds.
+
+    Plain SGD, not Adam: an SGD step is linear in the gradient, so float-rounding differences between
+    the two implementations (batched vs per-sample ops, another CPU's kernels) stay float-rounding
+    small in the parameters. Adam divides by the gradient's RMS and turns a last-bit difference of a
+    near-zero gradient into a move of up to lr -- a verdict that would depend on the machine.
+    `wrap` wraps our optimizer (to show the comparison fails against a broken step).
+    """
     student, teacher = tiny_models(scale)
     spec_student = copy.deepcopy(student)
     batch = make_batch(scale)
-    opt, spec_opt = (torch.optim.Adam(m.parameters(), LR_RATE) for m in (student, spec_student))
-    ours = train_step(student, teacher, opt, batch, cfg, torch.Generator().manual_seed(7))
+    opt, spec_opt = (torch.optim.SGD(m.parameters(), SGD_LR) for m in (student, spec_student))
+    ours = train_step(student, teacher, wrap(opt), batch, cfg, torch.Generator().manual_seed(7))
     spec = spec_step(
         spec_student, teacher, spec_opt, batch["lr"], batch["hr"], cfg, torch.Generator().manual_seed(7)
     )
     return ours, spec, student, spec_student
 
 
-def assert_same_step(cfg: DistillConfig, scale: int = 2) -> dict[str, float]:
-    ours, spec, student, spec_student = run_both(cfg, scale)
+def assert_same_step(cfg: DistillConfig, scale: int = 2, wrap=lambda opt: opt) -> dict[str, float]:
+    """Same losses, same gradients (of the last backward, left in .grad) and same parameters.
+
+    Tolerances: losses and gradients to float32 rounding of a different summation order; parameters
+    to SGD_LR times the gradient tolerance per optimizer step (two in paper mode).
+    """
+    ours, spec, student, spec_student = run_both(cfg, scale, wrap)
     assert ours.keys() == spec.keys()
     for key in spec:
         assert ours[key] == pytest.approx(spec[key], rel=1e-5, abs=1e-7), key
     for (name, a), b in zip(student.named_parameters(), spec_student.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(a.grad, b.grad, rtol=GRAD_RTOL, atol=GRAD_ATOL, msg=f"grad {name}")
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=2 * SGD_LR * GRAD_ATOL, msg=name)
     return ours
 
 
@@ -167,6 +182,31 @@ def test_dukd_matches_spec(step_mode, scale, n_gt_sub):
     )  # fmt: skip
     ours = assert_same_step(cfg, scale)
     assert ours["loss"] == pytest.approx(sum(v for k, v in ours.items() if k != "loss"))
+
+
+def test_spec_comparison_fails_against_a_broken_step():
+    """The check above can fail: a zero_grad between paper mode's two steps (a plausible bug) is caught."""
+    cfg = DistillConfig(method="dukd", step_mode="paper", lc_prob=0.5, n_gt_sub=2)
+    with pytest.raises(AssertionError, match="grad"):
+        assert_same_step(cfg, wrap=_ZeroingOptimizer)
+    with pytest.raises(AssertionError, match="grad"):  # and a loss weight off by 0.1 %
+        assert_same_step(cfg, wrap=_ScaledGradient)
+
+
+class _ScaledGradient:
+    """Scales every gradient by 1.001 before stepping: what a loss weight off by 0.1 % would do."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt = opt
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad()
+
+    def step(self) -> None:
+        for group in self.opt.param_groups:
+            for p in group["params"]:
+                p.grad.mul_(1.001)
+        self.opt.step()
 
 
 def test_paper_mode_second_step_carries_step_a_gradient():
