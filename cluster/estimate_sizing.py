@@ -9,7 +9,7 @@ assumptions below. Run it to reproduce the tables in docs/cluster.md:
     python cluster/estimate_sizing.py --json          # the same numbers, machine-readable
     python cluster/estimate_sizing.py --mfu 0.2       # your own achieved fraction of peak
 
-What one DUKD iteration costs per GPU (dukd.md; the paper's row from `DistillConfig.paper`):
+What one DUKD iteration costs per GPU (docs/distill.md; the paper's row from `DistillConfig.paper`):
   teacher forward (no grad) on x (B LR patches), on the zoom-in cells z (n_gt_sub*B patches of p px)
   and, when the row has zoom-out, on x_down (B patches of p//s px);
   student forward + backward on the same three inputs (counted, not assumed: about 3x the forward).
@@ -35,7 +35,7 @@ from dukd_ray.models import build_arch
 
 ARCHS = ("edsr", "rcan", "swinir")
 PAPER_ITERATIONS = 250_000
-PAPER_BATCH = 16  # LR patches per GPU per iteration (dukd.md)
+PAPER_BATCH = 16  # LR patches per GPU per iteration (docs/distill.md)
 PAPER_PATCH = 48  # LR patch side in pixels
 # Packed shards hold BasicSR-style 480x480 HR sub-images (step 240) with their LR crops, pre-decoded
 # uint8 RGB; the stream takes one random patch per crop it reads (data issue), so every training sample

@@ -57,7 +57,7 @@ def test_bare_state_dict_with_module_prefix(tmp_path):
 def to_original_rcan(
     state: dict[str, torch.Tensor], num_group: int, num_block: int
 ) -> dict[str, torch.Tensor]:
-    """BasicSR -> EDSR-PyTorch RCAN names: eval.md's mapping read right to left, plus the mean-shift convs."""
+    """BasicSR -> EDSR-PyTorch RCAN names: docs/evaluation.md's mapping read right to left, plus the mean-shift convs."""
     out = {}
     for key, value in state.items():
         parts = key.split(".")

@@ -314,7 +314,7 @@ def test_iteration_cost_follows_the_dukd_iteration(sizing: Any, arch: str) -> No
         n * sizing.count_flops(student, s, backward=True) for s, n in passes
     )
     assert cost.total_flops == cost.teacher_fwd_flops + cost.student_fwd_bwd_flops
-    assert paper.zoom_out == (arch == "edsr")  # dukd.md: EDSR x4 zooms out, RCAN x4 does not
+    assert paper.zoom_out == (arch == "edsr")  # the paper: EDSR x4 zooms out, RCAN x4 does not
 
 
 def test_estimate_arithmetic(sizing: Any) -> None:

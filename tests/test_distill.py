@@ -1,4 +1,4 @@
-"""The DUKD objective and its baselines, checked against a transcription of docs/dukd.md's formulas.
+"""The DUKD objective and its baselines, checked against a transcription of docs/distill.md's formulas.
 
 `spec_step` below is written from the spec, deliberately in a different style from the module
 (per-sample loops, explicit slicing, per-image resize), with the documented draw protocol:
@@ -67,7 +67,7 @@ def spec_inverse(v: torch.Tensor, f: list[bool]) -> torch.Tensor:
 
 
 def spec_step(student, teacher, opt, lr, hr, cfg: DistillConfig, g: torch.Generator) -> dict[str, float]:
-    """One iteration exactly as dukd.md writes it (weights from cfg)."""
+    """One iteration exactly as docs/distill.md writes it (weights from cfg)."""
     s, p, b = hr.shape[-1] // lr.shape[-1], lr.shape[-1], lr.shape[0]
     with torch.no_grad():
         t_x = teacher(lr) if teacher is not None else None

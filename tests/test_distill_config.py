@@ -29,7 +29,7 @@ def test_defaults_are_dukd_with_every_op_in_paper_mode():
     ],
 )
 def test_paper_rows(arch, scale, w_pix, n_gt_sub, zoom_out, label_consistency):
-    """dukd.md's table of the paper's configs, row by row."""
+    """docs/distill.md's table of the paper's configs, row by row."""
     cfg = DistillConfig.paper(arch, scale)
     assert (cfg.method, cfg.w_pix, cfg.w_kd, cfg.n_gt_sub) == ("dukd", w_pix, 1.0, n_gt_sub)
     assert (cfg.zoom_in, cfg.zoom_out, cfg.label_consistency) == (True, zoom_out, label_consistency)

@@ -1,4 +1,4 @@
-"""The run report's tables and figures (no Ray): paper rows only where the preset matches dukd.md."""
+"""The run report's tables and figures (no Ray): paper rows only where the preset matches the paper's."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PSNR and SSIM exactly as the SR literature reports them (MATLAB conventions, see eval.md).
+"""PSNR and SSIM exactly as the SR literature reports them (MATLAB conventions, see docs/evaluation.md).
 
 Inputs are RGB uint8 HWC numpy arrays, or float CHW tensors in [0, 1] that are first quantised
 like a saved image (clamp, round(v * 255)), so a model's output scores what its PNG would score.

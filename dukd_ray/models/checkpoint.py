@@ -217,7 +217,7 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _rcan_original_to_basicsr(
     state: dict[str, torch.Tensor], num_group: int, num_block: int
 ) -> dict[str, torch.Tensor]:
-    """Rename EDSR-PyTorch RCAN keys to BasicSR's (eval.md); unmatched keys pass through and fail loudly.
+    """Rename EDSR-PyTorch RCAN keys to BasicSR's (docs/evaluation.md); unmatched keys pass through and fail loudly.
 
     The group's closing conv sits at index `num_block` of its body, the trunk's at index `num_group`.
     """

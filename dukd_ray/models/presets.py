@@ -1,4 +1,4 @@
-"""Named model sizes: the paper's teachers/students (dukd.md's table) and tiny ones for CPU smoke runs.
+"""Named model sizes: the paper's teachers/students (docs/distill.md) and tiny ones for CPU smoke runs.
 
 Only the arguments that differ from the arch defaults are listed; `build_arch` resolves the rest.
 """
@@ -9,7 +9,7 @@ from typing import Any
 
 PRESET_NAMES = ("teacher", "student", "tiny_teacher", "tiny_student")
 
-_EDSR = {"res_scale": 0.1}  # dukd.md: EDSR res_scale 0.1 (BasicSR's f256b32 setting), teacher and student
+_EDSR = {"res_scale": 0.1}  # EDSR res_scale 0.1 (BasicSR's f256b32 setting), teacher and student
 _RCAN = {"num_feat": 64, "squeeze_factor": 16}
 _SWINIR = {"window_size": 8, "mlp_ratio": 2.0, "img_size": 48, "resi_connection": "1conv"}
 _SWINIR_TINY = {"window_size": 4, "mlp_ratio": 2.0, "img_size": 16, "resi_connection": "1conv"}

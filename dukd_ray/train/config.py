@@ -62,7 +62,7 @@ class DataSpec:
 
 @dataclass
 class TrainSpec:
-    """Optimisation and bookkeeping; defaults are the paper's (dukd.md)."""
+    """Optimisation and bookkeeping; defaults are the paper's (docs/distill.md)."""
 
     max_steps: int = 250_000
     lr: float = 1e-4

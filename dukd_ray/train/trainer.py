@@ -110,7 +110,7 @@ def ray_storage(url: str, storage_options: dict[str, Any] | None) -> tuple[str, 
     """(storage_path, storage_filesystem) for RunConfig: local paths as they are, URLs through fsspec.
 
     Ray's own S3 client knows neither custom endpoints nor our storage options, so URL storage goes
-    through the same fsspec filesystem as everything else (ray.md).
+    through the same fsspec filesystem as everything else.
     """
     if is_local(url):
         return url, None

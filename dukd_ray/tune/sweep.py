@@ -44,7 +44,7 @@ TRAIN_RUNS = "train_runs"
 SUMMARY = "summary"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # A trial's function only drives its TorchTrainer (the workers reserve CPUs/GPUs through the
-# ScalingConfig); Tune refuses a zero request ("empty head and zero worker bundles", ray.md).
+# ScalingConfig); Tune refuses a zero request ("empty head and zero worker bundles").
 _DRIVER_RESOURCES = {"cpu": 0.01}
 FIELDS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in SECTIONS.items()}
 
@@ -126,7 +126,7 @@ def read_space_text(space: str, storage_options: dict[str, Any] | None = None) -
 def resolve_start(space: SearchSpace, base: JobConfig) -> list[dict[str, Any]]:
     """Start points as full points (every searched key); keys a point leaves out keep the base value.
 
-    `paper` is the paper's row for the base config's arch and scale (dukd.md). Raises SpaceError when a
+    `paper` is the paper's row for the base config's arch and scale (docs/distill.md). Raises SpaceError when a
     filled-in value lies outside the space or the job config rejects the point.
     """
     base_values = _values(base)
