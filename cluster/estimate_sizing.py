@@ -64,7 +64,7 @@ GPUS = (
     Gpu("A10G-24GB", "g5.12xlarge", 4, 48, 24, 70.0),
 )
 DEFAULT_MFU = 0.32  # assumed achieved fraction of peak: 100 TFLOP/s on an A100 with bf16 autocast
-CONSERVATIVE_MFU = 0.16  # half of it: 64-channel convs and SwinIR's small windows often reach no more
+CONSERVATIVE_FRACTION = 0.5  # of --mfu: 64-channel convs and SwinIR's small windows often reach no more
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ def markdown(costs: list[IterationCost], mfu: float) -> str:
             f"| {c.arch} | {c.n_gt_sub} | {'yes' if c.zoom_out else 'no'} | {c.teacher_fwd_flops / 1e12:.2f} "
             f"| {c.student_fwd_bwd_flops / 1e12:.2f} ({ratio:.2f}x) | {c.total_flops / 1e12:.2f} |"
         )
-    for m, label in ((mfu, "headline"), (mfu / 2, "conservative")):
+    for m, label in ((mfu, "headline"), (mfu * CONSERVATIVE_FRACTION, "conservative")):
         lines += [
             "",
             f"ESTIMATE ({label}: {m:.0%} of dense bf16 peak), {PAPER_ITERATIONS:,} iterations:",

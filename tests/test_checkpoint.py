@@ -57,7 +57,7 @@ def test_bare_state_dict_with_module_prefix(tmp_path):
 def to_original_rcan(
     state: dict[str, torch.Tensor], num_group: int, num_block: int
 ) -> dict[str, torch.Tensor]:
-    """BasicSR -> EDSR-PyTorch RCAN names: docs/evaluation.md's mapping read right to left, plus the mean-shift convs."""
+    """BasicSR -> EDSR-PyTorch RCAN names: docs/evaluation.md's mapping backwards, plus the mean shifts."""
     out = {}
     for key, value in state.items():
         parts = key.split(".")
@@ -166,7 +166,7 @@ def test_non_strict_x2_to_x4_loads_body_and_reports_upsampler(tmp_path):
     )
     x3_report = load_pretrained(seeded("edsr", 3, "tiny_student", 1), path, strict=False)
     assert [k for k, _, _ in x3_report.mismatched] == ["upsample.0.weight", "upsample.0.bias"]
-    assert "upsample.0.weight (file [64, 16, 3, 3] vs model [144, 16, 3, 3])" in x3_report.summary()
+    assert "upsample.0.weight (file [64, 16, 3, 3] vs model [144, 16, 3, 3])" in x3_report.describe_skipped()
 
 
 def test_safetensors_round_trip_and_build_from_checkpoint(tmp_path):

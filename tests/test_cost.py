@@ -80,11 +80,20 @@ def test_latency_is_measured_and_ratios_need_the_same_input():
     seconds = measure_latency(model, (H, W), repeats=2, warmup=1)
     assert seconds > 0
     base = measure_cost(model, (H, W))
-    a = ModelCost(**{**base.to_dict(), "latency_s": seconds, "latency_lr_size": (H, W)})
-    b = ModelCost(**{**base.to_dict(), "latency_s": 2 * seconds, "latency_lr_size": (H, W)})
+    a = ModelCost(
+        **{**base.to_dict(), "latency_s": seconds, "latency_lr_size": (H, W), "latency_device": "cpu"}
+    )
+    b = ModelCost(
+        **{**base.to_dict(), "latency_s": 2 * seconds, "latency_lr_size": (H, W), "latency_device": "cpu"}
+    )
     assert cost_ratios(a, b)["latency"] == pytest.approx(0.5)
-    c = ModelCost(**{**base.to_dict(), "latency_s": seconds, "latency_lr_size": (2 * H, W)})
+    c = ModelCost(
+        **{**base.to_dict(), "latency_s": seconds, "latency_lr_size": (2 * H, W), "latency_device": "cpu"}
+    )
     assert cost_ratios(a, c)["latency"] is None
+    gpu = ModelCost(**{**b.to_dict(), "latency_device": "cuda"})
+    with pytest.raises(ValueError, match="different devices .*student on cpu, teacher on cuda"):
+        cost_ratios(a, gpu)
     with pytest.raises(ValueError, match="repeats"):
         measure_latency(model, (H, W), repeats=0)
     table = format_cost_table({"stack": a})

@@ -13,7 +13,7 @@ from dukd_ray.train.config import PRESETS, ConfigError, JobConfig
 
 
 def test_presets_carry_the_papers_config():
-    """docs/distill.md "The paper's recipe": optimiser, schedule, EMA, seed, patch/batch and each row's weights."""
+    """docs/distill.md "The paper's recipe": optimiser, schedule, EMA, seed, patch, batch, row weights."""
     cfg = JobConfig.from_preset("edsr_x4")
     t, d, m = cfg.train, cfg.data, cfg.model
     assert (t.lr, t.betas, t.weight_decay) == (1e-4, (0.9, 0.99), 0.0)

@@ -37,7 +37,7 @@ def test_shipped_spaces_are_valid_for_every_preset(name, preset):
 def test_paper_start_point_is_the_presets_paper_row():
     space = load_space(builtin_space("default"), FIELDS)
     (point,) = resolve_start(space, JobConfig.from_preset("edsr_x2"))
-    # docs/distill.md, EDSR x2 row: w_pix 5, w_kd 1, n_gt_sub 2, zoom-out on, prob 0.3 (all four ops, paper steps)
+    # docs/distill.md, EDSR x2 row: w_pix 5, w_kd 1, n_gt_sub 2, zoom-out on, prob 0.3 (all ops, paper steps)
     assert point["distill.w_pix"] == 5.0 and point["distill.w_kd"] == 1.0
     assert point["distill.n_gt_sub"] == 2 and point["distill.zoom_out"] is True
     assert point["distill.lc_prob"] == 0.3 and point["distill.step_mode"] == "paper"

@@ -166,7 +166,9 @@ def shard_info(name: str, data: bytes) -> ShardInfo:
 
 
 def check_header(info: ShardInfo, header: bytes, url: str) -> list[RecordInfo]:
-    """Verify a shard header against the manifest and parse it."""
+    """Verify a shard header (its first `info.header_bytes` bytes) against the manifest and parse it."""
+    if len(header) != info.header_bytes or header_length(header, url) != info.header_bytes:
+        raise ShardFormatError(f"shard {redact_url(url)}: header length does not match the manifest")
     if hashlib.sha256(header).hexdigest() != info.header_sha256:
         raise ShardFormatError(f"shard {redact_url(url)}: header sha256 does not match the manifest")
     records = decode_header(header, url)

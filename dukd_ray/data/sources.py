@@ -24,7 +24,6 @@ from dukd_ray.data.shards import (
     check_header,
     check_size,
     decode_record,
-    header_length,
     load_manifest,
 )
 from dukd_ray.storage import exists, get_fs, join, redact_url, with_retries
@@ -182,11 +181,9 @@ class ShardSource:
                     f"shard listed in the manifest is missing: {redact_url(url)}"
                 ) from None
             check_size(info, size, url)
-            head = with_retries(lambda: fs.cat_file(path, start=0, end=min(size, 1 << 16)), url)
-            n = header_length(head, url)
-            if n > len(head):
-                head = with_retries(lambda: fs.cat_file(path, start=0, end=n), url)
-            self._headers[unit] = check_header(info, head[:n], url)
+            # the manifest knows the header's length: one range request of exactly that many bytes
+            head = with_retries(lambda: fs.cat_file(path, start=0, end=min(size, info.header_bytes)), url)
+            self._headers[unit] = check_header(info, head, url)
         return self._headers[unit]
 
 

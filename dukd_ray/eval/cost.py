@@ -139,7 +139,20 @@ def _synchronize(device: torch.device) -> None:
 
 
 def cost_ratios(student: ModelCost, teacher: ModelCost) -> dict[str, float | None]:
-    """student / teacher for each cost (latency only when both were measured on the same input)."""
+    """student / teacher for each cost (latency only when both were measured on the same input).
+
+    Latencies measured on different devices are not comparable: a ratio of a GPU and a CPU time
+    would read as a speed-up of the model. That is an error, not a None.
+    """
+    if (
+        student.latency_s is not None
+        and teacher.latency_s is not None
+        and student.latency_device != teacher.latency_device
+    ):
+        raise ValueError(
+            f"cost_ratios: latencies measured on different devices (student on {student.latency_device}, "
+            f"teacher on {teacher.latency_device}); measure both on the same one"
+        )
     ratios: dict[str, float | None] = {
         "params": student.params / teacher.params,
         "macs": student.macs / teacher.macs,

@@ -26,7 +26,7 @@ from dukd_ray.storage import read_bytes, redact_url, write_bytes_atomic
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
 STATE_DICT_ENTRIES = ("params_ema", "params", "state_dict")  # BasicSR prefers the EMA weights
-SHOW_KEYS = 5  # how many key names an error or summary lists per category
+SHOW_KEYS = 5  # how many key names an error lists per category
 
 
 class CheckpointError(ValueError):
@@ -55,11 +55,6 @@ class LoadReport:
     @property
     def complete(self) -> bool:
         return not self.skipped
-
-    def summary(self) -> str:
-        what = f"{self.entry or 'state dict'}, {self.layout} layout"
-        head = f"{self.source} [{what}]: loaded {len(self.loaded)} tensors"
-        return head if self.complete else f"{head}; {self.describe_skipped()}"
 
     def describe_skipped(self) -> str:
         shapes = [f"{k} (file {list(a)} vs model {list(b)})" for k, a, b in self.mismatched]
@@ -217,7 +212,7 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _rcan_original_to_basicsr(
     state: dict[str, torch.Tensor], num_group: int, num_block: int
 ) -> dict[str, torch.Tensor]:
-    """Rename EDSR-PyTorch RCAN keys to BasicSR's (docs/evaluation.md); unmatched keys pass through and fail loudly.
+    """Rename EDSR-PyTorch RCAN keys to BasicSR's (docs/evaluation.md); unmatched keys fail loudly later.
 
     The group's closing conv sits at index `num_block` of its body, the trunk's at index `num_group`.
     """

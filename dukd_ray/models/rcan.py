@@ -62,7 +62,24 @@ class ResidualGroup(nn.Module):
 
 
 class RCAN(ResidualTrunkSR):
-    """conv_first -> body (residual groups) -> conv_after_body (+skip) -> upsample -> conv_last."""
+    """conv_first -> body (residual groups) -> conv_after_body (+skip) -> upsample -> conv_last.
+
+    The defaults are BasicSR's `RCAN` defaults; the paper's teacher is the original RCAN (10 groups of
+    20 blocks, the `teacher` preset), its student has 6 blocks per group (`student`).
+
+    Args:
+        upscale: 2, 3 or 4; x4 is two x2 pixel-shuffle stages (`upsample.0`, `upsample.2`).
+        num_in_ch: input channels (3, RGB).
+        num_out_ch: output channels (3, RGB).
+        num_feat: channels of every body conv (64).
+        num_group: residual groups in the body (10).
+        num_block: residual channel-attention blocks per group (16; 20 in the original RCAN).
+        squeeze_factor: channel reduction inside each attention gate (16).
+        res_scale: residual branch multiplier of each block (1.0).
+        img_range: the network works on inputs scaled to [0, img_range] (255).
+        rgb_mean: mean subtracted before and added after the network, per channel in [0, 1]
+            (DIV2K's RGB mean, as in BasicSR).
+    """
 
     def __init__(
         self,

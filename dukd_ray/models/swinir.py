@@ -262,7 +262,35 @@ def reflect_pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class SwinIR(nn.Module):
-    """conv_first -> RSTBs + norm -> conv_after_body (+skip) -> conv_before_upsample, upsample, conv_last."""
+    """conv_first -> RSTBs + norm -> conv_after_body (+skip) -> conv_before_upsample, upsample, conv_last.
+
+    The defaults are BasicSR's `SwinIR` defaults; the paper's teacher is SwinIR-M for classical SR
+    (`teacher` preset: embed 180, six stages of depth 6, window 8, MLP ratio 2, `img_size` 48) and its
+    student the small variant (`student`: embed 60, four stages). Inputs of any size work: they are
+    reflect-padded to a multiple of `window_size` and the output is cropped back.
+
+    Args:
+        upscale: 2, 3 or 4.
+        img_size: training patch size; it sizes the attention masks built at construction (64).
+        patch_size: must be 1 for SR (each pixel is a token).
+        in_chans: input and output channels (3, RGB).
+        embed_dim: token channels (96; 180 for SwinIR-M, 60 for the small student).
+        depths: Swin blocks per residual stage (RSTB), one entry per stage.
+        num_heads: attention heads per stage (same length as `depths`).
+        window_size: side of the attention windows (7; 8 for the classical-SR releases).
+        mlp_ratio: hidden width of each block's MLP over `embed_dim` (4.0; 2.0 for the releases).
+        qkv_bias: learn a bias on the query/key/value projection (True).
+        qk_scale: attention scale; None means head_dim ** -0.5.
+        drop_rate: dropout after the embedding and in the MLPs (0.0).
+        attn_drop_rate: dropout on the attention weights (0.0).
+        drop_path_rate: stochastic-depth rate, spread linearly over the blocks (0.1; inactive in eval).
+        ape: add an absolute position embedding (False).
+        patch_norm: LayerNorm after the patch embedding (True).
+        use_checkpoint: activation checkpointing per block, trading compute for memory (False).
+        img_range: inputs are scaled to [0, img_range] (1.0).
+        upsampler: only "pixelshuffle" (classical SR) is supported.
+        resi_connection: "1conv" (one 3x3 conv) or "3conv" closing each stage.
+    """
 
     def __init__(
         self,

@@ -126,7 +126,7 @@ def read_space_text(space: str, storage_options: dict[str, Any] | None = None) -
 def resolve_start(space: SearchSpace, base: JobConfig) -> list[dict[str, Any]]:
     """Start points as full points (every searched key); keys a point leaves out keep the base value.
 
-    `paper` is the paper's row for the base config's arch and scale (docs/distill.md). Raises SpaceError when a
+    `paper` is the paper's row for the base config's arch and scale (docs/distill.md). SpaceError when a
     filled-in value lies outside the space or the job config rejects the point.
     """
     base_values = _values(base)
