@@ -113,5 +113,6 @@ def _run(parser: argparse.ArgumentParser, config: Any) -> TrainResult:
         parser.exit(2, f"error: {e}\n")
     psnr, where = result.metrics["val_psnr"], redact_url(result.run_url)
     print(f"[dukd] done: {result.step} steps, val_psnr {psnr:.2f} dB (EMA weights) in {where}")
-    print(f"[dukd] weights: {redact_url(result.weights_url)}  report: {redact_url(result.report_url)}")
+    print(f"[dukd] weights: {redact_url(result.weights_url)}, {redact_url(result.safetensors_url)}")
+    print(f"[dukd] report: {redact_url(result.report_url)}  tensorboard: {redact_url(result.tensorboard_url)}")
     return result
