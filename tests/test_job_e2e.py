@@ -120,6 +120,8 @@ def test_cluster_job_trains_teacher_then_distils_student_on_s3(ray_head, s3_buck
     out = _submit(address, env, opts["endpoint_url"], "jobs/edsr_x4.py", "--teacher", teacher,
                   "--num-workers", "2", "--name", "student", *common)  # fmt: skip
     assert "[dukd] done: 4 steps" in out
+    # the job's last lines say where every output is, each of them a URL the user can open
+    assert f"{bucket}/runs/student/student.safetensors" in out and f"{bucket}/runs/student/tensorboard" in out
 
     run = f"{root}/runs/student"
     files = {path.removeprefix(run + "/") for path in fs.find(run)}
