@@ -34,12 +34,14 @@ from dukd_ray.eval.benchmark import (
     evaluate_sets,
     load_benchmark_sets,
 )
+from dukd_ray.eval.scores import SetScores
 from dukd_ray.models import build_from_checkpoint
+from dukd_ray.report import Report
 from dukd_ray.storage import write_bytes_atomic
 from dukd_ray.train.cli import apply_args, build_parser, teacher_config, teacher_parser
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.outputs import comparison_panels
-from dukd_ray.train.report import crops_png, html_page, html_table, md_table, psnr_curves_png
+from dukd_ray.train.report import crops_png, psnr_curves_png
 from dukd_ray.train.trainer import run_training
 
 PRESET = "edsr_x4"
@@ -188,11 +190,11 @@ def _evaluate(
     return rows
 
 
-def _evaluate_weights(url: str, sets: dict[str, Any]) -> dict[str, Any]:
-    return evaluate_sets(build_from_checkpoint(url), sets, 4, "cpu", progress=True)
+def _evaluate_weights(url: str, sets: dict[str, list[Pair]]) -> dict[str, SetScores]:
+    return evaluate_sets(build_from_checkpoint(url), sets, 4, progress=True)  # on the CPU
 
 
-def _scores(per_set: dict[str, Any]) -> dict[str, float]:
+def _scores(per_set: dict[str, SetScores]) -> dict[str, float]:
     s = per_set["Sample"]
     return {"psnr": float(s["psnr"]), "ssim": float(s["ssim"])}
 
@@ -219,31 +221,14 @@ def write_quickstart_report(
         mark = " **(best student)**" if name == best else ""
         seeds = ", ".join(f"{p:.2f}" for p in r.get("psnr_per_seed", []))
         rows.append([name + mark, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", seeds])
-    text = _findings(results, budget)
-    md = ["# dukd-ray quickstart: scratch vs KD vs DUKD (EDSR x4, tiny nets, CPU)", "", text, ""]
-    md += ["## Held-out photographs (set `Sample`)", "", *md_table(header, rows), ""]
-    md += ["## Validation PSNR over steps", "", "![psnr curves](psnr_curves.png)", ""]
-    md += [
-        "## Crops",
-        "",
-        "![crops](crops.png)",
-        "",
-        "## What DUKD did, and the real thing",
-        "",
-        _EXPLAIN,
-        "",
-    ]
-    write_bytes_atomic(os.path.join(out, "report.md"), "\n".join(md).encode())
-    body = [
-        "<h1>dukd-ray quickstart: scratch vs KD vs DUKD (EDSR x4, tiny nets, CPU)</h1>",
-        f"<p>{text}</p>",
-        "<h2>Held-out photographs (set <code>Sample</code>)</h2>",
-        html_table(header, [[c.replace("**", "") for c in row] for row in rows]),
-        "<h2>Validation PSNR over steps</h2><img src='psnr_curves.png' alt='PSNR curves'>",
-        "<h2>Crops</h2><img src='crops.png' alt='crops' style='max-width:100%'>",
-        f"<h2>What DUKD did, and the real thing</h2><p>{_EXPLAIN}</p>",
-    ]
-    write_bytes_atomic(os.path.join(out, "report.html"), html_page("dukd-ray quickstart", body).encode())
+    report = Report("dukd-ray quickstart")
+    report.heading("dukd-ray quickstart: scratch vs KD vs DUKD (EDSR x4, tiny nets, CPU)", level=1)
+    report.paragraph(_findings(results, budget))
+    report.heading("Held-out photographs (set `Sample`)").table(header, rows)
+    report.heading("Validation PSNR over steps").image("psnr_curves.png", "psnr curves")
+    report.heading("Crops").image("crops.png", "crops")
+    report.heading("What DUKD did, and the real thing").paragraph(_EXPLAIN)
+    report.write(out, "report")
 
 
 def _findings(results: dict[str, Any], budget: Budget) -> str:
@@ -281,7 +266,7 @@ def _crops(benchmark: str, teacher: dict[str, Any], students: dict[str, list[dic
     pair = max(pairs, key=_colourfulness)  # a colour photograph shows artefacts best
     weights = [(m, runs[0]["weights"]) for m, runs in students.items()] + [("teacher", teacher["weights"])]
     models = [(label, build_from_checkpoint(url)) for label, url in weights]
-    return crops_png(comparison_panels(pair, 4, models, "cpu"), crop=160)
+    return crops_png(comparison_panels(pair, 4, models), crop=160)
 
 
 def _colourfulness(pair: Pair) -> float:
@@ -296,9 +281,9 @@ _EXPLAIN = (
     "LR patch itself as target (zoom-out), and asks the student to give consistent answers under random "
     "invertible augmentations (label consistency). This quickstart uses tiny networks and a few hundred "
     "steps on a handful of photographs, so its numbers only show the pipeline working end to end. "
-    "The real thing: pack DIV2K to object storage with <code>python -m dukd_ray.data.pack</code>, then "
-    "<code>ray job submit --working-dir . -- python jobs/edsr_x4.py --data s3://… --teacher s3://… "
-    "--storage s3://…</code> on a GPU cluster (see README and docs/cluster.md)."
+    "The real thing: pack DIV2K to object storage with `python -m dukd_ray.data.pack`, then "
+    "`ray job submit --working-dir . -- python jobs/edsr_x4.py --data s3://… --teacher s3://… "
+    "--storage s3://…` on a GPU cluster (see README and docs/cluster.md)."
 )
 
 

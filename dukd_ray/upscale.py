@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dukd_ray.data.imageio import IMAGE_SUFFIXES, is_image_name, read_image, write_png
-from dukd_ray.eval.inference import super_resolve
+from dukd_ray.eval.inference import InferenceOptions, model_device, super_resolve
 from dukd_ray.eval.metrics import to_float_tensor, to_uint8_hwc
 from dukd_ray.models import ARCHS, PRESET_NAMES, CheckpointError, build_from_checkpoint
 from dukd_ray.storage import StorageError, get_fs, join, redact_url
@@ -74,28 +74,19 @@ def _png_name(rel: str) -> str:
 
 
 def upscale_image(
-    model: nn.Module,
-    img: np.ndarray,
-    tile: int | None = None,
-    tile_overlap: int = 32,
-    self_ensemble: bool = False,
-    amp: bool = False,
+    model: nn.Module, img: np.ndarray, options: InferenceOptions = InferenceOptions()
 ) -> np.ndarray:
-    """Super-resolve one RGB uint8 image with `model` (on its own device); bf16 autocast if `amp`."""
-    lr = to_float_tensor(img, device=next(model.parameters()).device)
-    amp_dtype = torch.bfloat16 if amp else None
+    """Super-resolve one RGB uint8 image with `model` on its own device."""
+    lr = to_float_tensor(img, device=model_device(model))
     with torch.inference_mode():
-        sr = super_resolve(model, lr, self_ensemble, tile, tile_overlap, amp_dtype=amp_dtype)
+        sr = super_resolve(model, lr, options)
     return to_uint8_hwc(sr, "super-resolved image")
 
 
 def upscale_all(
     model: nn.Module,
     tasks: Sequence[UpscaleTask],
-    tile: int | None = None,
-    tile_overlap: int = 32,
-    self_ensemble: bool = False,
-    amp: bool = False,
+    options: InferenceOptions = InferenceOptions(),
     storage_options: dict[str, Any] | None = None,
 ) -> list[tuple[str, str]]:
     """Upscale every task, writing each PNG as soon as it is ready; returns (source, reason) of skipped ones.
@@ -110,7 +101,7 @@ def upscale_all(
         bar.set_postfix_str(posixpath.basename(name))
         try:
             img = read_image(task.source, storage_options)
-            sr = upscale_image(model, img, tile, tile_overlap, self_ensemble, amp)
+            sr = upscale_image(model, img, options)
         except torch.OutOfMemoryError:
             reason = "out of memory (try --tile 256, or a smaller tile)"
         except (ValueError, FileNotFoundError) as e:  # ImageDecodeError is a ValueError
@@ -178,10 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.amp and device.type != "cuda":
         parser.error(f"--amp (bfloat16) needs a CUDA device, got --device {args.device} -> {device}")
-    if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
-        parser.error(
-            f"need --tile > --tile-overlap >= 0, got --tile {args.tile} --tile-overlap {args.tile_overlap}"
+    try:
+        options = InferenceOptions(
+            self_ensemble=args.self_ensemble, tile=args.tile, tile_overlap=args.tile_overlap, amp=args.amp
         )
+    except ValueError as e:  # names the field: --tile / --tile-overlap
+        parser.error(str(e))
     try:
         model = model_from_args(args)
         tasks = find_images(args.inputs, args.out)
@@ -189,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model = model.to(device).eval()
-    failures = upscale_all(model, tasks, args.tile, args.tile_overlap, args.self_ensemble, args.amp)
+    failures = upscale_all(model, tasks, options)
     written = len(tasks) - len(failures)
     print(f"wrote {written} of {len(tasks)} images to {redact_url(args.out)}", file=sys.stderr)
     if failures:

@@ -24,6 +24,7 @@ from dukd_ray.eval.benchmark import (
     list_sets,
     load_benchmark_sets,
 )
+from dukd_ray.eval.inference import InferenceOptions
 from dukd_ray.eval.metrics import to_float_tensor
 from dukd_ray.eval.resize import imresize
 from dukd_ray.models import build_arch, save_weights
@@ -102,10 +103,10 @@ def test_loads_from_s3(s3_bucket, tmp_path):
 def test_oracle_scores_perfectly_and_bicubic_model_matches_bicubic_baseline(sample_data):
     sets = load_benchmark_sets(sample_data.benchmark_url, ["Sample"], 4)
     pair = sets["Sample"][0]
-    p, s, sr = evaluate_pair(Oracle(pair.hr, 4), pair, 4, "cpu")
+    p, s, sr = evaluate_pair(Oracle(pair.hr, 4), pair, 4)
     assert p == math.inf and s == pytest.approx(1.0) and np.array_equal(sr, pair.hr)
     baseline = evaluate_bicubic(sets, 4)
-    as_model = evaluate_sets(BicubicModel(4), sets, 4, "cpu")
+    as_model = evaluate_sets(BicubicModel(4), sets, 4)
     assert as_model == baseline
     scores = baseline["Sample"]
     assert scores["psnr"] == pytest.approx(np.mean([v["psnr"] for v in scores["images"].values()]))
@@ -115,15 +116,15 @@ def test_oracle_scores_perfectly_and_bicubic_model_matches_bicubic_baseline(samp
 def test_wrong_scale_model_is_a_clear_error(sample_data):
     pair = load_benchmark_sets(sample_data.benchmark_url, ["Sample"], 4)["Sample"][0]
     with pytest.raises(ValueError, match=f"{pair.name}: output is .*wrong scale"):
-        evaluate_pair(BicubicModel(2), pair, 4, "cpu")
+        evaluate_pair(BicubicModel(2), pair, 4)
 
 
 def test_tiled_evaluation_gives_the_same_images(mini_root):
     torch.manual_seed(0)
     model = build_arch("edsr", 4, preset="tiny_student")  # receptive field radius 8 LR pixels < 16 / 2
     for pair in load_benchmark_sets(mini_root, ["Mini"], 4)["Mini"]:
-        p_whole, _, whole = evaluate_pair(model, pair, 4, "cpu")
-        p_tiled, _, tiled = evaluate_pair(model, pair, 4, "cpu", tile=18, tile_overlap=16)
+        p_whole, _, whole = evaluate_pair(model, pair, 4)
+        p_tiled, _, tiled = evaluate_pair(model, pair, 4, InferenceOptions(tile=18, tile_overlap=16))
         assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1  # float noise may flip a rounding
         assert p_tiled == pytest.approx(p_whole, abs=1e-3)
 
@@ -163,7 +164,7 @@ def test_cli_end_to_end_with_our_checkpoint(sample_data, tiny_checkpoint, capsys
     sets = load_benchmark_sets(data, ["Sample"], 4)
     expected_bicubic, expected_model = (
         evaluate_bicubic(sets, 4)["Sample"],
-        evaluate_sets(model, sets, 4, "cpu")["Sample"],
+        evaluate_sets(model, sets, 4)["Sample"],
     )
     row = _row(out, "Sample")
     assert row[1] == "5"
@@ -192,7 +193,9 @@ def test_cli_foreign_checkpoint_self_ensemble_as_a_subprocess(mini_root, tiny_ch
         cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"}
     )
     assert proc.returncode == 0, proc.stderr
-    expected = evaluate_sets(model, load_benchmark_sets(mini_root, ["Mini"], 4), 4, "cpu", self_ensemble=True)
+    expected = evaluate_sets(
+        model, load_benchmark_sets(mini_root, ["Mini"], 4), 4, InferenceOptions(self_ensemble=True)
+    )
     assert "edsr +x8" in proc.stdout
     assert _row(proc.stdout, "Mini")[2] == f"{expected['Mini']['psnr']:.4f}"
 

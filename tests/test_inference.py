@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dukd_ray.eval.inference import super_resolve
+from dukd_ray.eval.inference import InferenceOptions, super_resolve
 
 
 class ConvSR(nn.Module):
@@ -55,7 +55,9 @@ def test_self_ensemble_of_equivariant_model_equals_plain_output():
     model, lr = SymmetricSR(), _lr()
     plain = super_resolve(model, lr)
     assert plain.shape == (2, 3, 39, 51)
-    torch.testing.assert_close(super_resolve(model, lr, self_ensemble=True), plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        super_resolve(model, lr, InferenceOptions(self_ensemble=True)), plain, atol=1e-5, rtol=0
+    )
 
 
 def test_self_ensemble_averages_the_eight_dihedral_variants():
@@ -68,7 +70,7 @@ def test_self_ensemble_averages_the_eight_dihedral_variants():
             mirrored = torch.rot90(lr.flip(3), k, (2, 3))
             outs.append(torch.rot90(model(mirrored), -k, (2, 3)).flip(3))
     expected = torch.stack(outs).mean(0)
-    result = super_resolve(model, lr, self_ensemble=True)
+    result = super_resolve(model, lr, InferenceOptions(self_ensemble=True))
     torch.testing.assert_close(result, expected, atol=1e-6, rtol=0)
     assert (result - super_resolve(model, lr)).abs().max() > 1e-4  # the model is not equivariant
 
@@ -81,7 +83,7 @@ def test_tiled_equals_whole_image_when_receptive_field_fits_the_overlap(tile, ov
     model.register_forward_hook(lambda _m, inp, _out: seen.append(tuple(inp[0].shape[-2:])))
     whole = super_resolve(model, lr)
     seen.clear()
-    tiled = super_resolve(model, lr, tile=tile, tile_overlap=overlap)
+    tiled = super_resolve(model, lr, InferenceOptions(tile=tile, tile_overlap=overlap))
     assert len(seen) > 4 and max(max(s) for s in seen) <= tile  # it really ran on tiles
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
 
@@ -89,18 +91,23 @@ def test_tiled_equals_whole_image_when_receptive_field_fits_the_overlap(tile, ov
 def test_tiles_without_enough_overlap_differ():
     torch.manual_seed(3)
     model, lr = ConvSR(), _lr(h=30, w=23)
-    assert (super_resolve(model, lr, tile=10, tile_overlap=0) - super_resolve(model, lr)).abs().max() > 1e-4
+    assert (
+        super_resolve(model, lr, InferenceOptions(tile=10, tile_overlap=0)) - super_resolve(model, lr)
+    ).abs().max() > 1e-4
 
 
 def test_tiled_self_ensemble_and_scale_without_arch_spec():
     torch.manual_seed(4)
     model, lr = SymmetricSR(scale=2), _lr(b=1, h=20, w=14)
-    expected = super_resolve(model, lr, self_ensemble=True)
+    expected = super_resolve(model, lr, InferenceOptions(self_ensemble=True))
     torch.testing.assert_close(
-        super_resolve(model, lr, self_ensemble=True, tile=9, tile_overlap=6), expected, atol=1e-5, rtol=0
+        super_resolve(model, lr, InferenceOptions(self_ensemble=True, tile=9, tile_overlap=6)),
+        expected,
+        atol=1e-5,
+        rtol=0,
     )
     torch.testing.assert_close(
-        super_resolve(model, lr, tile=9, tile_overlap=6, scale=2), super_resolve(model, lr)
+        super_resolve(model, lr, InferenceOptions(tile=9, tile_overlap=6), scale=2), super_resolve(model, lr)
     )
 
 
@@ -117,13 +124,35 @@ def test_runs_in_eval_mode_without_grad_and_restores_mode():
 def test_bf16_autocast_is_close_and_returns_float32():
     torch.manual_seed(5)
     model, lr = ConvSR(), _lr()
-    out = super_resolve(model, lr, amp_dtype=torch.bfloat16)
+    out = super_resolve(model, lr, InferenceOptions(amp=True))
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, super_resolve(model, lr), atol=3e-2, rtol=0)
 
 
 def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="tile > tile_overlap"):
-        super_resolve(ConvSR(), _lr(), tile=8, tile_overlap=8)
+        super_resolve(ConvSR(), _lr(), InferenceOptions(tile=8, tile_overlap=8))
     with pytest.raises(ValueError, match=r"\(B, 3, h, w\)"):
         super_resolve(ConvSR(), _lr()[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"tile": 0}, "tile must"),
+        ({"tile": -4}, "tile must"),
+        ({"tile": 24.0}, "tile must"),
+        ({"tile": 16, "tile_overlap": 16}, "tile_overlap must"),
+        ({"tile": 16, "tile_overlap": 20}, "tile_overlap must"),
+        ({"tile_overlap": -1}, "tile_overlap must"),
+    ],
+)
+def test_inference_options_name_the_bad_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        InferenceOptions(**kwargs)
+
+
+def test_inference_options_accept_whole_images_and_tiles():
+    assert InferenceOptions().tile is None and InferenceOptions().amp_dtype is None
+    assert InferenceOptions(tile=16, tile_overlap=15).tile_overlap == 15
+    assert InferenceOptions(amp=True).amp_dtype == torch.bfloat16

@@ -57,7 +57,7 @@ def test_quickstart_writes_a_complete_report_and_reuses_finished_stages(tmp_path
     for name in ("psnr_curves.png", "crops.png"):
         with Image.open(out / name) as img:
             img.verify()
-        assert f"src='{name}'" in html
+        assert f'src="{name}"' in html
 
     second = _quickstart(out)
     assert "reusing the finished stage" in second

@@ -116,7 +116,7 @@ def test_two_workers_keep_identical_replicas_and_report_everything(baseline, sam
     assert all(torch.equal(exported["params"][k], v) for k, v in student.state_dict().items())
     ema = build_from_checkpoint(r.weights_url)  # loads params_ema, like BasicSR's tools
     sets = load_benchmark_sets(sample_data.benchmark_url, ["Sample"], 4)
-    scores = evaluate_sets(ema, sets, 4, "cpu")["Sample"]
+    scores = evaluate_sets(ema, sets, 4)["Sample"]
     assert r.metrics["psnr/Sample"] == pytest.approx(scores["psnr"], abs=1e-9)
     assert r.metrics["ssim/Sample"] == pytest.approx(scores["ssim"], abs=1e-9)
 

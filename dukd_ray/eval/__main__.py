@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-from dukd_ray.eval.benchmark import SetScores, evaluate_bicubic, evaluate_sets, list_sets, load_benchmark_sets
-from dukd_ray.eval.inference import model_scale
+from dukd_ray.eval.benchmark import evaluate_bicubic, evaluate_sets, list_sets, load_benchmark_sets
+from dukd_ray.eval.inference import InferenceOptions, model_scale
+from dukd_ray.eval.scores import SetScores
 from dukd_ray.models import ARCHS, PRESET_NAMES, build_from_checkpoint
 from dukd_ray.storage import redact_url
 from dukd_ray.upscale import SETUP_ERRORS
@@ -71,10 +72,13 @@ def run(args: argparse.Namespace) -> str:
     """Evaluate as the arguments say and return the table."""
     if args.arch != BICUBIC and not args.checkpoint:
         raise ValueError("--checkpoint is required (or use --arch bicubic for the bicubic baseline)")
+    options = InferenceOptions(
+        self_ensemble=args.self_ensemble, tile=args.tile, tile_overlap=args.tile_overlap, amp=args.bf16
+    )
     model = None
     scale = args.scale
     if args.arch != BICUBIC:
-        model = build_from_checkpoint(args.checkpoint, args.arch, args.scale, args.preset)
+        model = build_from_checkpoint(args.checkpoint, args.arch, args.scale, args.preset).to(args.device)
         scale = scale or model_scale(model)
     if scale is None:
         raise ValueError("--scale is required for --arch bicubic")
@@ -92,17 +96,7 @@ def run(args: argparse.Namespace) -> str:
         results[BICUBIC] = evaluate_bicubic(sets, scale, progress=True)
     if model is not None:
         label = model.arch_spec["arch"] + (" +x8" if args.self_ensemble else "")
-        results[label] = evaluate_sets(
-            model,
-            sets,
-            scale,
-            args.device,
-            self_ensemble=args.self_ensemble,
-            tile=args.tile,
-            tile_overlap=args.tile_overlap,
-            amp_dtype=torch.bfloat16 if args.bf16 else None,
-            progress=True,
-        )
+        results[label] = evaluate_sets(model, sets, scale, options, progress=True)
     return format_table(results, scale, args.per_image)
 
 

@@ -12,21 +12,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm import tqdm
 
 from dukd_ray.data.imageio import is_image_name, read_image
-from dukd_ray.eval.inference import super_resolve
+from dukd_ray.eval.inference import InferenceOptions, model_device, super_resolve
 from dukd_ray.eval.metrics import psnr, ssim, to_float_tensor, to_uint8_hwc
 from dukd_ray.eval.resize import imresize
+from dukd_ray.eval.scores import ImageScores, SetScores, set_scores
 from dukd_ray.storage import get_fs, join, redact_url, with_retries
 
 # Names the same set goes by in different benchmark packs: any of them finds a folder named by another.
 _B100_NAMES = ("B100", "BSD100", "BSDS100")
 SET_ALIASES: dict[str, tuple[str, ...]] = {n.lower(): _B100_NAMES for n in _B100_NAMES}
-
-SetScores = dict[str, Any]  # {"psnr": float, "ssim": float, "images": {name: {"psnr", "ssim"}}}
 
 
 class BenchmarkDataError(FileNotFoundError):
@@ -135,16 +133,14 @@ def evaluate_pair(
     model: nn.Module,
     pair: Pair,
     scale: int,
-    device: torch.device | str,
-    self_ensemble: bool = False,
-    tile: int | None = None,
-    tile_overlap: int = 32,
-    amp_dtype: torch.dtype | None = None,
+    options: InferenceOptions = InferenceOptions(),
 ) -> tuple[float, float, np.ndarray]:
-    """Super-resolve one pair on `device`: (PSNR-Y, SSIM-Y, SR as RGB uint8 HWC), border `scale` cropped."""
-    model.to(device)
-    lr = to_float_tensor(pair.lr, device=device)
-    out = super_resolve(model, lr, self_ensemble, tile, tile_overlap, scale=scale, amp_dtype=amp_dtype)
+    """Super-resolve one pair: (PSNR-Y, SSIM-Y, SR as RGB uint8 HWC), border `scale` cropped.
+
+    The LR goes to the model's device; the model stays where the caller put it (once, not per image).
+    """
+    lr = to_float_tensor(pair.lr, device=model_device(model))
+    out = super_resolve(model, lr, options, scale=scale)
     sr = to_uint8_hwc(out[0])
     return (*_score(sr, pair, scale), sr)
 
@@ -166,17 +162,13 @@ def _evaluate(
         total=sum(len(p) for p in sets.values()), desc=desc, unit="img", disable=not progress, leave=False
     )
     for set_name, pairs in sets.items():
-        images = {}
+        images: dict[str, ImageScores] = {}
         for pair in pairs:
             bar.set_postfix_str(f"{set_name}/{pair.name}")
             p, s, _ = one(pair)
             images[pair.name] = {"psnr": p, "ssim": s}
             bar.update()
-        results[set_name] = {
-            "psnr": float(np.mean([v["psnr"] for v in images.values()])),
-            "ssim": float(np.mean([v["ssim"] for v in images.values()])),
-            "images": images,
-        }
+        results[set_name] = set_scores(images)
     bar.close()
     return results
 
@@ -185,17 +177,13 @@ def evaluate_sets(
     model: nn.Module,
     sets: dict[str, list[Pair]],
     scale: int,
-    device: torch.device | str,
-    self_ensemble: bool = False,
-    tile: int | None = None,
-    tile_overlap: int = 32,
-    amp_dtype: torch.dtype | None = None,
+    options: InferenceOptions = InferenceOptions(),
     progress: bool = False,
 ) -> dict[str, SetScores]:
-    """PSNR/SSIM (Y channel) of `model` on every set: per-image scores and their means per set."""
+    """PSNR/SSIM (Y channel) of `model`, on its device, on every set: per-image scores and set means."""
 
     def one(pair: Pair) -> tuple[float, float, np.ndarray]:
-        return evaluate_pair(model, pair, scale, device, self_ensemble, tile, tile_overlap, amp_dtype)
+        return evaluate_pair(model, pair, scale, options)
 
     return _evaluate(sets, one, progress, "eval")
 

@@ -8,13 +8,45 @@ than the overlap (averaging overlapping tiles would not be exact, and it would c
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How a model runs at test time: one vocabulary for the eval CLI, validation and upscaling.
+
+    `tile`: LR tile side for images that do not fit in memory (None: whole images); `tile_overlap`:
+    LR pixels neighbouring tiles share (see the module doc); `amp`: bfloat16 autocast on the
+    input's device (the CLIs' `--amp` / `--bf16`).
+    """
+
+    self_ensemble: bool = False
+    tile: int | None = None
+    tile_overlap: int = 32
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tile is not None and (not isinstance(self.tile, int) or self.tile <= 0):
+            raise ValueError(f"tile must be a positive integer (LR pixels) or None, got tile={self.tile!r}")
+        if not isinstance(self.tile_overlap, int) or not 0 <= self.tile_overlap < (self.tile or math.inf):
+            raise ValueError(
+                "tile_overlap must be an integer with tile > tile_overlap >= 0, "
+                f"got tile={self.tile!r} tile_overlap={self.tile_overlap!r}"
+            )
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.amp else None
+
 
 # The 8 symmetries of the square as (transpose, flip_h, flip_w).
 _D4 = [(t, fh, fw) for t in (False, True) for fh in (False, True) for fw in (False, True)]
@@ -54,10 +86,11 @@ def _tile_plan(length: int, tile: int, overlap: int) -> list[tuple[int, int, int
     return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
 
 
-def tiled(forward: Forward, tile: int, overlap: int, scale: int | None = None) -> Forward:
-    """Run `forward` on overlapping `tile` x `tile` LR crops and stitch the outputs (see module doc)."""
-    if tile <= 0 or not 0 <= overlap < tile:
-        raise ValueError(f"need tile > tile_overlap >= 0, got tile={tile} tile_overlap={overlap}")
+def _tiled(forward: Forward, tile: int, overlap: int, scale: int | None = None) -> Forward:
+    """Run `forward` on overlapping `tile` x `tile` LR crops and stitch the outputs (see module doc).
+
+    `tile` and `overlap` come from a validated `InferenceOptions`.
+    """
 
     def run(x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -82,28 +115,31 @@ def model_scale(model: nn.Module) -> int | None:
     return int(spec["scale"]) if isinstance(spec, dict) and "scale" in spec else None
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where `model` lives, so inputs go to it (the CPU for a model without parameters or buffers)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 def super_resolve(
     model: nn.Module,
     lr: torch.Tensor,
-    self_ensemble: bool = False,
-    tile: int | None = None,
-    tile_overlap: int = 32,
+    options: InferenceOptions = InferenceOptions(),
     scale: int | None = None,
-    amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Upscale float (B, 3, h, w) LR in [0, 1] (on the model's device) to float32 (B, 3, s*h, s*w).
 
-    Runs in eval mode without autograd (the model's train/eval mode is restored afterwards);
-    `amp_dtype` (e.g. torch.bfloat16) enables autocast on the input's device. The output is not
-    clamped; the metrics quantise it like a saved PNG.
+    Runs in eval mode without autograd (the model's train/eval mode is restored afterwards). The
+    output is not clamped; the metrics quantise it like a saved PNG.
     """
     if lr.ndim != 4:
         raise ValueError(f"super_resolve expects a (B, 3, h, w) tensor, got shape {tuple(lr.shape)}")
     forward: Forward = model
-    if self_ensemble:
+    if options.self_ensemble:
         forward = ensemble_x8(forward)
-    if tile is not None:
-        forward = tiled(forward, tile, tile_overlap, scale or model_scale(model))
+    if options.tile is not None:
+        forward = _tiled(forward, options.tile, options.tile_overlap, scale or model_scale(model))
+    amp_dtype = options.amp_dtype
     autocast = torch.autocast(lr.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     was_training = model.training
     model.eval()

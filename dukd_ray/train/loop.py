@@ -22,7 +22,8 @@ from torch import nn
 
 from dukd_ray.data import TrainStream, build_train_stream
 from dukd_ray.distill import EMA, freeze_teacher, train_step
-from dukd_ray.eval.benchmark import load_benchmark_sets
+from dukd_ray.eval.benchmark import evaluate_bicubic, load_benchmark_sets
+from dukd_ray.eval.inference import InferenceOptions
 from dukd_ray.models import build_arch, load_pretrained
 from dukd_ray.train.checkpoint import (
     Restored,
@@ -36,7 +37,7 @@ from dukd_ray.train.config import JobConfig
 from dukd_ray.train.faults import Fault
 from dukd_ray.train.outputs import write_outputs
 from dukd_ray.train.progress import ProgressLine, StepMeter, TensorBoard
-from dukd_ray.train.validate import bicubic_scores, evaluate_distributed, flatten
+from dukd_ray.train.validate import evaluate_distributed, flatten
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             log.info("resuming %s from step %d", cfg.run.name, start_step)
     model = ray.train.torch.prepare_model(student)  # DDP across workers; the teacher is never wrapped
     sets = load_benchmark_sets(cfg.data.val, cfg.data.val_sets, cfg.model.scale, storage_options=opts)
-    evaluate = {"self_ensemble": t.val_self_ensemble, "tile": t.val_tile}
+    evaluate = InferenceOptions(self_ensemble=t.val_self_ensemble, tile=t.val_tile)
 
     tensorboard = TensorBoard(run_url, start_step, opts) if rank == 0 else None
     progress = ProgressLine(start_step, t.max_steps, t.log_every)
@@ -110,13 +111,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if step % t.val_every and step != t.max_steps:
             continue
         metrics = {"step": step, "lr": scheduler.get_last_lr()[0], **meter.summary(cfg.data.batch_size)}
-        metrics.update(flatten(evaluate_distributed(ema.module, sets, cfg.model.scale, device, **evaluate)))
+        metrics.update(flatten(evaluate_distributed(ema.module, sets, cfg.model.scale, evaluate)))
         if step == t.max_steps:  # the report's reference rows, once
             if teacher is not None:
-                scores = evaluate_distributed(teacher, sets, cfg.model.scale, device, **evaluate)
+                scores = evaluate_distributed(teacher, sets, cfg.model.scale, evaluate)
                 metrics.update(flatten(scores, prefix="teacher/"))
             if rank == 0:  # the same on every rank, and only rank 0's metrics are kept
-                metrics.update(flatten(bicubic_scores(sets, cfg.model.scale), prefix="bicubic/"))
+                metrics.update(flatten(evaluate_bicubic(sets, cfg.model.scale), prefix="bicubic/"))
         history.append(metrics)
         if tensorboard:
             tensorboard.scalars(step, metrics)
@@ -146,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batches.close()  # stop the loader processes before the (rank 0) exports and report
     if rank == 0:
         tensorboard.close()
-        write_outputs(cfg, student, ema.module, teacher, sets, history, resumes, device)
+        write_outputs(cfg, student, ema.module, teacher, sets, history, resumes)
 
 
 def _seed_everything(seed: int) -> None:

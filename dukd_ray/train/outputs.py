@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from dukd_ray.eval.benchmark import Pair, bicubic_pair, evaluate_pair
@@ -30,7 +29,6 @@ def write_outputs(
     sets: dict[str, list[Pair]],
     history: list[dict[str, Any]],
     resumes: list[int],
-    device: torch.device,
 ) -> None:
     opts = cfg.data.storage_options or None
     run_url, m = cfg.run.url(), cfg.model
@@ -45,7 +43,7 @@ def write_outputs(
     models = [(f"student ({m.student_preset}, EMA)", ema)]
     if teacher is not None:
         models.append((f"teacher ({m.teacher_preset})", teacher))
-    panels = comparison_panels(next(iter(sets.values()))[0], m.scale, models, device)
+    panels = comparison_panels(next(iter(sets.values()))[0], m.scale, models)
     write_bytes_atomic(join(run_url, "crops.png"), crops_png(panels), opts)
 
     final, names, export = history[-1], list(sets), cfg.run.export_name
@@ -71,12 +69,12 @@ def write_outputs(
 
 
 def comparison_panels(
-    pair: Pair, scale: int, models: Sequence[tuple[str, nn.Module]], device: torch.device | str
+    pair: Pair, scale: int, models: Sequence[tuple[str, nn.Module]]
 ) -> list[tuple[str, np.ndarray]]:
-    """The crops figure's panels: bicubic, each titled model, then HR; SR panels carry their Y-PSNR."""
+    """The crops figure's panels: bicubic, each titled model (run on its device), then HR, with Y-PSNRs."""
     psnr, _, bicubic = bicubic_pair(pair, scale)
     panels = [(f"bicubic\n{psnr:.2f} dB", bicubic)]
     for title, model in models:
-        psnr, _, sr = evaluate_pair(model, pair, scale, device)
+        psnr, _, sr = evaluate_pair(model, pair, scale)
         panels.append((f"{title}\n{psnr:.2f} dB", sr))
     return [*panels, (f"HR ({pair.name})", pair.hr)]

@@ -2,12 +2,11 @@
 
 Written into the run folder by rank 0 at the end of training. The results table has bicubic, the
 teacher and the student on every validation set, and, when the run uses the paper's full-size x4
-presets, the paper's reference numbers (dukd.md) for the sets they cover.
+presets, the paper's reference numbers (docs/distill.md) for the sets they cover.
 """
 
 from __future__ import annotations
 
-import html
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -21,9 +20,9 @@ import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dukd_ray.eval.cost import ModelCost, cost_ratios  # noqa: E402
-from dukd_ray.storage import join, write_bytes_atomic  # noqa: E402
+from dukd_ray.report import Report  # noqa: E402
 
-# dukd.md "Reference results": Y-PSNR (dB), x4, for the full-size teacher/student presets
+# docs/distill.md's published results: Y-PSNR (dB), x4, for the full-size teacher/student presets
 PAPER_X4: dict[str, list[tuple[str, dict[str, float]]]] = {
     "rcan": [
         ("RCAN teacher (g10 b20)", {"Set5": 32.63, "Set14": 28.87, "BSD100": 27.77, "Urban100": 26.82}),
@@ -144,52 +143,15 @@ def write_report(
     `cost`: rows under `COST_HEADER` (what the student saves against the teacher), if known.
     """
     header = ["model", *sets]
-    config_yaml = yaml.safe_dump(config, sort_keys=False)
-    md = [f"# {title}", "", *(f"- {line}" for line in summary), "", "## Results (Y-PSNR dB / SSIM)", ""]
-    md += md_table(header, results)
+    report = Report(title).heading(title, level=1).bullets(summary)
+    report.heading("Results (Y-PSNR dB / SSIM)").table(header, results)
     if paper:
-        md += ["", "Paper reference, Y-PSNR dB (dukd.md):", "", *md_table(header, paper)]
+        report.paragraph("Paper reference, Y-PSNR dB (docs/distill.md):").table(header, paper)
     if cost:
-        md += ["", "## Cost per image (LR input 320×180)", "", *md_table(COST_HEADER, cost)]
-    md += ["", "## Curves", "", "![curves](curves.png)", "", "## Crops", "", "![crops](crops.png)"]
-    md += ["", "## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
-    esc = html.escape
-    body = [f"<h1>{esc(title)}</h1>", "<ul>", *(f"<li>{esc(line)}</li>" for line in summary), "</ul>"]
-    body += ["<h2>Results (Y-PSNR dB / SSIM)</h2>", html_table(header, results)]
-    if paper:
-        body += ["<p>Paper reference, Y-PSNR dB (dukd.md):</p>", html_table(header, paper)]
-    if cost:
-        body += ["<h2>Cost per image (LR input 320×180)</h2>", html_table(COST_HEADER, cost)]
-    body += ["<h2>Curves</h2>", '<img src="curves.png" alt="curves">', "<h2>Crops</h2>"]
-    body += ['<img src="crops.png" alt="crops">', "<h2>Config</h2>", f"<pre>{esc(config_yaml)}</pre>"]
-    write_bytes_atomic(join(run_url, "report.md"), "\n".join(md).encode(), storage_options)
-    write_bytes_atomic(join(run_url, "report.html"), html_page(title, body).encode(), storage_options)
-
-
-_CSS = (
-    "body{font-family:sans-serif;max-width:1100px;margin:2em auto} td,th{border:1px solid #ccc;padding:4px}"
-)
-
-
-def html_page(title: str, body: list[str]) -> str:
-    """A self-contained HTML page (images are linked files beside it)."""
-    return (
-        '<!doctype html>\n<html><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table style="border-collapse:collapse"><tr>{head}</tr>{body}</table>'
+        report.heading("Cost per image (LR input 320×180)").table(COST_HEADER, cost)
+    report.heading("Curves").image("curves.png", "curves").heading("Crops").image("crops.png", "crops")
+    report.heading("Config").code(yaml.safe_dump(config, sort_keys=False), "yaml")
+    report.write(run_url, "report", storage_options)
 
 
 def _png(fig: plt.Figure) -> bytes:

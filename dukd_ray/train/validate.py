@@ -13,47 +13,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from dukd_ray.eval.benchmark import Pair, evaluate_bicubic, evaluate_pair
+from dukd_ray.eval.benchmark import Pair, evaluate_pair
+from dukd_ray.eval.inference import InferenceOptions
+from dukd_ray.eval.scores import SetScores, set_scores
 from dukd_ray.train.collective import all_gather, rank_and_world
-
-SetScores = dict[str, dict[str, float]]  # {set: {"psnr": mean, "ssim": mean}}
 
 
 def evaluate_distributed(
     model: nn.Module,
     sets: dict[str, list[Pair]],
     scale: int,
-    device: torch.device,
-    self_ensemble: bool = False,
-    tile: int | None = None,
-) -> SetScores:
-    """Mean Y-PSNR/SSIM per set of `model`; collective when distributed (every rank must call it)."""
+    options: InferenceOptions = InferenceOptions(),
+) -> dict[str, SetScores]:
+    """Y-PSNR/SSIM per set of `model` on its device; collective when distributed (every rank must call it)."""
     rank, world = rank_and_world()
     local: dict[str, list[tuple[int, float, float]]] = {}
     with torch.no_grad():
         for name, pairs in sets.items():
             local[name] = []
             for i in range(rank, len(pairs), world):
-                psnr, ssim, _ = evaluate_pair(
-                    model, pairs[i], scale, device, self_ensemble=self_ensemble, tile=tile
-                )
+                psnr, ssim, _ = evaluate_pair(model, pairs[i], scale, options)
                 local[name].append((i, float(psnr), float(ssim)))
     parts = all_gather(local)
-    out: SetScores = {}
-    for name in sets:
+    out: dict[str, SetScores] = {}
+    for name, pairs in sets.items():
         rows = sorted(row for part in parts for row in part[name])
-        out[name] = {
-            "psnr": float(np.mean([r[1] for r in rows])),
-            "ssim": float(np.mean([r[2] for r in rows])),
-        }
+        out[name] = set_scores({pairs[i].name: {"psnr": p, "ssim": s} for i, p, s in rows})
     return out
 
 
-def bicubic_scores(sets: dict[str, list[Pair]], scale: int) -> SetScores:
-    return {name: {"psnr": v["psnr"], "ssim": v["ssim"]} for name, v in evaluate_bicubic(sets, scale).items()}
-
-
-def flatten(scores: SetScores, prefix: str = "") -> dict[str, float]:
+def flatten(scores: dict[str, SetScores], prefix: str = "") -> dict[str, float]:
     """`{prefix}psnr/<set>`, `{prefix}ssim/<set>` and their means over sets, `{prefix}val_psnr|val_ssim`."""
     out: dict[str, Any] = {}
     for name, values in scores.items():

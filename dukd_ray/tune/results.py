@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dukd_ray import storage
-from dukd_ray.train.report import md_table, psnr_curves_png
+from dukd_ray.report import Report
+from dukd_ray.train.report import psnr_curves_png
 
 TABLE_CSV = "trials.csv"
 TABLE_MD = "trials.md"
@@ -83,11 +84,14 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no trials)\n"
-    header = list(rows[0])
-    cells = [["" if row[k] is None else str(row[k]) for k in header] for row in rows]
-    return "\n".join(md_table(header, cells)) + "\n"
+    """trials.md: the ranked table, rendered by the same report model as the run reports."""
+    report = Report("sweep trials")
+    if rows:
+        header = list(rows[0])
+        report.table(header, [["" if row[k] is None else str(row[k]) for k in header] for row in rows])
+    else:
+        report.paragraph("(no trials)")
+    return report.to_markdown()
 
 
 def plot_curves(records: Sequence[TrialRecord], title: str) -> bytes:
