@@ -1,29 +1,39 @@
-"""Training checkpoints without Ray: exact RNG round trips, the layout, and which folder a resume picks."""
+"""Training state and checkpoints without a Ray run: exact round trips, the on-disk layout, which
+folder a resume picks (against Ray's own checkpoint bookkeeping), and which checkpoints Ray keeps."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import json
 import random
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import ray.train
 import s3fs
 import torch
+from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
+from ray.train.v2._internal.execution.training_report import _TrainingReport
 
+from dukd_ray.data import build_train_stream
 from dukd_ray.distill import EMA
 from dukd_ray.models import build_arch
+from dukd_ray.train import JobConfig, build_trainer
 from dukd_ray.train.checkpoint import (
-    capture_rng,
     checkpoint_dir_name,
     latest_complete_checkpoint,
     read_checkpoint,
     replica_digest,
-    restore_rng,
     resume_folder,
     write_checkpoint,
 )
+from dukd_ray.train.rng import capture_rng, restore_rng
+from dukd_ray.train.state import TrainState
 
 
 def _draws(generator: torch.Generator) -> list[float]:
@@ -43,51 +53,139 @@ def test_rng_states_round_trip_exactly():
     assert _draws(generator) == first
 
 
-def _write(folder: Path, step: int, history: list[dict]) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    torch.manual_seed(step)
+@pytest.fixture
+def train_url(sample_data) -> str:
+    return sample_data.train_url
+
+
+def _state(train_url: str, seed: int) -> TrainState:
+    """A fresh state as a worker builds it (tiny EDSR x4, one-image batches: 8 per epoch)."""
+    torch.manual_seed(seed)
     student = build_arch("edsr", 4, preset="tiny_student")
-    ema = EMA(student, 0.9)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-4)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [10], 0.1)
-    student(torch.rand(1, 3, 8, 8)).mean().backward()
-    optimizer.step()
-    scheduler.step()
-    folder.mkdir(parents=True)
-    write_checkpoint(
-        str(folder),
-        rank=0,
-        world_size=1,
-        step=step,
+    return TrainState(
         student=student,
-        ema=ema.module,
+        ema=EMA(student, 0.9),
         optimizer=optimizer,
-        scheduler=scheduler,
-        generator=torch.Generator().manual_seed(step),
-        data_state={"epoch": 0, "batch": step},
-        history=history,
-        resumes=[],
+        scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, [10], 0.1),
+        generator=torch.Generator().manual_seed(seed),
+        stream=build_train_stream(train_url, 4, patch_size=16, batch_size=1, num_workers=0),
     )
-    return student, optimizer
 
 
-def test_checkpoint_round_trip(tmp_path):
+def _trained(train_url: str, step: int, history: list[dict], resumes: Iterable[int] = ()) -> TrainState:
+    """A state after one optimizer step, at `step`, with its stream at batch `step`."""
+    state = _state(train_url, step)
+    state.student(torch.rand(1, 3, 8, 8)).mean().backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    state.ema.update(state.student)
+    epoch, batch = divmod(step, state.stream.batches_per_epoch)
+    state.stream.load_state_dict({**state.stream.state_dict(), "epoch": epoch, "batch": batch})
+    state.step, state.history, state.resumes = step, history, list(resumes)
+    return state
+
+
+def _write(folder: Path, state: TrainState) -> None:
+    folder.mkdir(parents=True)
+    write_checkpoint(str(folder), state, rank=0, world_size=1)
+
+
+def _assert_same(ours: Any, ref: Any, where: str = "state") -> None:
+    """Nested dicts/lists/tuples equal, tensors bit for bit."""
+    if isinstance(ref, torch.Tensor):
+        assert isinstance(ours, torch.Tensor) and torch.equal(ours, ref), where
+    elif isinstance(ref, dict):
+        assert ours.keys() == ref.keys(), where
+        for key in ref:
+            _assert_same(ours[key], ref[key], f"{where}.{key}")
+    elif isinstance(ref, (list, tuple)):
+        assert len(ours) == len(ref), where
+        for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
+            _assert_same(a, b, f"{where}[{i}]")
+    else:
+        assert ours == ref, where
+
+
+def test_train_state_round_trip_restores_every_entry(train_url):
+    """Student, EMA, optimizer, scheduler, generator (and the global RNGs), stream, step, history, resumes."""
+    source = _trained(train_url, 7, [{"step": 5, "val_psnr": 20.5}], resumes=[3])
+    saved = copy.deepcopy(source.state_dict())
+    draws = _draws(source.generator)  # what the next step would draw
+    source.student(torch.rand(1, 3, 8, 8)).mean().backward()  # move on, so nothing is left equal by chance
+    source.optimizer.step()
+    source.scheduler.step()
+
+    target = _state(train_url, seed=99)
+    target.load_state_dict(saved)
+    _assert_same(target.state_dict(), saved)  # the rng entry is captured anew: restored exactly too
+    assert _draws(target.generator) == draws
+    assert target.stream.state_dict()["batch"] == 7 and target.scheduler.last_epoch == 1
+    assert target.optimizer.state_dict()["state"][0]["step"] == 1
+    assert (target.step, target.history, target.resumes) == (7, [{"step": 5, "val_psnr": 20.5}], [3])
+    target.history.append({"step": 9})
+    assert saved["history"] == [{"step": 5, "val_psnr": 20.5}]  # no list is shared with the snapshot
+
+
+def test_train_state_without_per_rank_entries_keeps_its_own(train_url):
+    """Another world size: weights and schedule from the checkpoint, RNGs and data position afresh."""
+    saved = _trained(train_url, 5, []).state_dict()
+    target = _state(train_url, seed=1)
+    generator_state = target.generator.get_state()
+    target.load_state_dict({k: v for k, v in saved.items() if k not in ("rng", "data")})
+    assert target.step == 5 and target.stream.state_dict()["batch"] == 0
+    assert torch.equal(target.generator.get_state(), generator_state)
+    _assert_same(target.student.state_dict(), saved["student"])
+    with pytest.raises(ValueError, match="go together"):
+        target.load_state_dict({k: v for k, v in saved.items() if k != "rng"})
+
+
+def test_train_state_is_validated(train_url):
+    state = _state(train_url, 0)
+    with pytest.raises(ValueError, match="step"):
+        TrainState(**{**vars(state), "step": -1})
+    other = torch.optim.SGD(state.student.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="scheduler"):
+        TrainState(**{**vars(state), "optimizer": other})
+
+
+def _read(folder: str, train_url: str, rank: int = 0, world_size: int = 1) -> TrainState:
+    state = _state(train_url, seed=0)
+    read_checkpoint(folder, state, rank=rank, world_size=world_size)
+    return state
+
+
+def test_checkpoint_round_trip(tmp_path, train_url):
     folder = tmp_path / checkpoint_dir_name(7)
-    student, optimizer = _write(folder, 7, [{"step": 7, "val_psnr": 20.5}])
+    written = _trained(train_url, 7, [{"step": 7, "val_psnr": 20.5}])
+    _write(folder, written)
     assert {p.name for p in folder.iterdir()} == {"train_state.pt", "rank_0.pt", "history.json", "meta.json"}
-    restored = read_checkpoint(str(folder), rank=0, world_size=1, device=torch.device("cpu"))
+    # the layout old checkpoints have, entry for entry (they must still resume)
+    train_state = torch.load(folder / "train_state.pt", weights_only=True)
+    rank_state = torch.load(folder / "rank_0.pt", weights_only=True)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert list(train_state) == ["step", "student", "ema", "optimizer", "scheduler"]
+    assert list(rank_state) == ["step", "rng", "data", "replica_digest"]
+    assert list(meta) == ["step", "world_size", "arch_spec", "resumes", "files"]
+    assert meta["files"] == {p.name: p.stat().st_size for p in folder.iterdir() if p.name != "meta.json"}
+
+    restored = _read(str(folder), train_url)
     assert (restored.step, restored.history, restored.resumes) == (7, [{"step": 7, "val_psnr": 20.5}], [7])
-    assert all(torch.equal(restored.train_state["student"][k], v) for k, v in student.state_dict().items())
-    assert restored.train_state["optimizer"]["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
-    assert restored.rank_state["data"] == {"epoch": 0, "batch": 7}
-    assert restored.rank_state["replica_digest"] == replica_digest(student, _ema_of(restored))
+    assert all(
+        torch.equal(restored.student.state_dict()[k], v) for k, v in written.student.state_dict().items()
+    )
+    assert (
+        restored.optimizer.state_dict()["state"][0]["step"]
+        == written.optimizer.state_dict()["state"][0]["step"]
+    )
+    position = restored.stream.state_dict()
+    assert (position["epoch"], position["batch"]) == (0, 7)
+    assert rank_state["replica_digest"] == replica_digest(restored.student, restored.ema.module)
+    _assert_same(restored.ema.state_dict(), written.ema.state_dict())
     # another world size: weights restored, per-rank state not (an inexact resume, logged)
-    assert read_checkpoint(str(folder), rank=1, world_size=2, device=torch.device("cpu")).rank_state is None
-
-
-def _ema_of(restored) -> torch.nn.Module:
-    ema = build_arch("edsr", 4, preset="tiny_student")
-    ema.load_state_dict(restored.train_state["ema"])
-    return ema
+    elsewhere = _read(str(folder), train_url, rank=1, world_size=2)
+    assert elsewhere.step == 7 and elsewhere.stream.state_dict()["batch"] == 0
+    assert torch.equal(elsewhere.generator.get_state(), torch.Generator().manual_seed(0).get_state())
 
 
 def test_replica_digest_tells_weights_apart():
@@ -99,11 +197,11 @@ def test_replica_digest_tells_weights_apart():
 
 
 @pytest.fixture
-def run_folder(tmp_path) -> Path:
+def run_folder(tmp_path, train_url) -> Path:
     """Checkpoints at steps 2 (complete), 4 (complete), 6 (a rank file cut short), 8 (no meta.json)."""
     run = tmp_path / "run"
     for step in (2, 4, 6, 8):
-        _write(run / checkpoint_dir_name(step), step, [{"step": step}])
+        _write(run / checkpoint_dir_name(step), _trained(train_url, step, [{"step": step}]))
     rank_file = run / checkpoint_dir_name(6) / "rank_0.pt"
     rank_file.write_bytes(rank_file.read_bytes()[:100])
     (run / checkpoint_dir_name(8) / "meta.json").unlink()
@@ -112,14 +210,14 @@ def run_folder(tmp_path) -> Path:
     return run
 
 
-def test_resume_takes_the_newest_complete_checkpoint(run_folder, tmp_path):
+def test_resume_takes_the_newest_complete_checkpoint(run_folder, tmp_path, train_url):
     step, _, path, meta = latest_complete_checkpoint(str(run_folder), None)
     assert (step, Path(path).name, meta["step"]) == (4, checkpoint_dir_name(4), 4)
     with resume_folder(None, str(run_folder), None) as folder:  # Ray registered none: the run folder's
-        assert read_checkpoint(folder, 0, 1, torch.device("cpu")).step == 4
+        assert _read(folder, train_url).step == 4
     registered = ray.train.Checkpoint.from_directory(str(run_folder / checkpoint_dir_name(2)))
     with resume_folder(registered, str(run_folder), None) as folder:  # Ray lost the registration of 4
-        assert read_checkpoint(folder, 0, 1, torch.device("cpu")).step == 4
+        assert _read(folder, train_url).step == 4
     registered = ray.train.Checkpoint.from_directory(str(run_folder / checkpoint_dir_name(4)))
     with resume_folder(registered, str(run_folder), None) as folder:  # Ray's own, used in place
         assert Path(folder) == run_folder / checkpoint_dir_name(4)
@@ -128,11 +226,75 @@ def test_resume_takes_the_newest_complete_checkpoint(run_folder, tmp_path):
         assert folder is None
 
 
-def test_resume_scan_on_s3(run_folder, s3_bucket):
+def test_resume_scan_on_s3(run_folder, s3_bucket, train_url):
     bucket, opts = s3_bucket
     fs = s3fs.S3FileSystem(**opts)
     shutil.rmtree(run_folder / "tensorboard")
     fs.put(str(run_folder), f"{bucket.removeprefix('s3://')}/runs/r", recursive=True)
     with resume_folder(None, f"{bucket}/runs/r", opts) as folder:
-        restored = read_checkpoint(folder, 0, 1, torch.device("cpu"))
+        restored = _read(folder, train_url)
     assert (restored.step, restored.history) == (4, [{"step": 4}])
+
+
+@pytest.fixture
+def ray_run(tmp_path, sample_data) -> Any:
+    """The RunConfig `build_trainer` gives a run (keep_best=2), and Ray's checkpoint manager for it.
+
+    Ray's own controller-side bookkeeping (`CheckpointManager`, Ray 2.60), fed the reports a run
+    makes, stands in for a Ray run: what it registers, deletes and hands to the workers is Ray's.
+    """
+    cfg = JobConfig.from_preset("edsr_x4", tiny=True).apply_overrides(
+        [
+            f"data.train={sample_data.train_url}",
+            f"data.val={sample_data.benchmark_url}",
+            f"run.storage={tmp_path / 'runs'}",
+            "run.name=r",
+            "run.use_gpu=false",
+            "train.keep_best=2",
+        ]
+    )
+    run_config = build_trainer(cfg, check=False).run_config
+    return run_config, CheckpointManager(run_config.checkpoint_config, run_config.storage_context)
+
+
+def _report(ray_run: Any, state: TrainState, val_psnr: float, *, registered: bool = True) -> Path:
+    """What `ray.train.report(metrics, checkpoint)` leaves: the files in the run folder, then (unless
+    the report dies with its worker) the registration."""
+    run_config, manager = ray_run
+    storage = run_config.storage_context
+    path = storage.build_checkpoint_path_from_name(checkpoint_dir_name(state.step))
+    _write(Path(path), state)
+    if registered:
+        checkpoint = ray.train.Checkpoint(path, filesystem=storage.storage_filesystem)
+        report = _TrainingReport(checkpoint, {"step": state.step, "val_psnr": val_psnr}, validation=False)
+
+        async def register() -> None:  # the manager notifies its listeners on the running event loop
+            manager.register_checkpoint(report)
+
+        asyncio.run(register())
+    return Path(path).parent
+
+
+def test_ray_keeps_the_best_checkpoints_by_val_psnr_and_the_latest(ray_run, train_url):
+    """`train.keep_best=2`: after a run the run folder holds the two best by val_psnr and the last."""
+    for step, val_psnr in ((2, 20.0), (4, 22.0), (6, 21.0), (8, 19.0)):
+        run = _report(ray_run, _trained(train_url, step, [{"step": step}]), val_psnr)
+    assert sorted(p.name for p in run.glob("checkpoint_0*")) == [checkpoint_dir_name(s) for s in (4, 6, 8)]
+
+
+def test_resume_finds_the_checkpoint_ray_lost_and_skips_a_half_uploaded_one(ray_run, train_url):
+    """Why the run folder is scanned (see `resume_folder`): checkpoint 6's files are all uploaded but its
+    report died with its worker; checkpoint 8 is half uploaded. Ray hands a restarted (or resubmitted)
+    run checkpoint 4, the resume takes 6."""
+    _report(ray_run, _trained(train_url, 2, [{"step": 2}]), 20.0)
+    run = _report(ray_run, _trained(train_url, 4, [{"step": 4}]), 21.0)
+    _report(ray_run, _trained(train_url, 6, [{"step": 6}]), 22.0, registered=False)
+    _report(ray_run, _trained(train_url, 8, [{"step": 8}]), 23.0, registered=False)
+    (run / checkpoint_dir_name(8) / "meta.json").unlink()
+
+    run_config, _ = ray_run
+    resubmitted = CheckpointManager(run_config.checkpoint_config, run_config.storage_context)  # the snapshot
+    given = resubmitted.before_init_train_context(workers=[None])["checkpoint"][0]  # = get_checkpoint()
+    assert Path(given.path).name == checkpoint_dir_name(4)
+    with resume_folder(given, str(run), None) as folder:
+        assert _read(folder, train_url).resumes == [6]

@@ -19,8 +19,8 @@ from dukd_ray.eval.benchmark import evaluate_sets, load_benchmark_sets
 from dukd_ray.models import build_arch, build_from_checkpoint, save_weights
 from dukd_ray.storage import exists, join, read_bytes
 from dukd_ray.train import JobConfig, TrainResult, run_training
-from dukd_ray.train.checkpoint import replica_digest
-from dukd_ray.train.faults import ENV_VAR as FAULT_ENV_VAR
+from dukd_ray.train.checkpoint import checkpoint_dir_name, replica_digest
+from dukd_ray.train.faults import Fault
 
 STEPS = 6
 TIMING = ("samples_per_s", "data_wait_frac")  # wall-clock metrics: the only ones allowed to differ
@@ -142,16 +142,17 @@ def test_run_folder_holds_exports_tensorboard_and_report(baseline):
     assert "| student / teacher |" in report  # what the student saves, beside its PSNR
     html = (run / "report.html").read_text()
     assert "<table" in html and '<img src="crops.png"' in html
+    # checkpoint retention: the keep_best best by val_psnr, and the latest
+    by_psnr = sorted(baseline.history, key=lambda h: h["val_psnr"], reverse=True)
+    kept = {h["step"] for h in by_psnr[: baseline.config.train.keep_best]} | {STEPS}
+    assert sorted(p.name for p in run.glob("checkpoint_0*")) == [checkpoint_dir_name(s) for s in sorted(kept)]
 
 
-def test_killed_worker_is_replaced_and_the_run_ends_as_if_uninterrupted(
-    baseline, job, s3_bucket, monkeypatch
-):
+def test_killed_worker_is_replaced_and_the_run_ends_as_if_uninterrupted(baseline, job, s3_bucket):
     """Rank 1 dies after step 3 (storage on S3): Ray restarts the group from checkpoint 2."""
     bucket, opts = s3_bucket
-    monkeypatch.setenv(FAULT_ENV_VAR, "rank=1,step=3")
     cfg = job(join(bucket, "runs"), "fault", "run.max_failures=1", f"data.storage_options={json.dumps(opts)}")
-    result = run_training(cfg)
+    result = run_training(cfg, fault=Fault(rank=1, step=3))
     assert exists(join(result.run_url, ".fault_injected-rank1-step3"), opts)
     assert _meta(result)["resumes"] == [2]
     _assert_same_run(result, baseline, opts)

@@ -4,17 +4,16 @@ One directory per checkpoint, `<run>/checkpoint_<step>/`, written by `ray.train.
 merges every rank's files into it and registers it only once all of them are uploaded (so a crash
 mid-write never leaves a checkpoint that a resume would pick up):
 
-    train_state.pt   rank 0: student, EMA, optimizer, scheduler, step (identical on every rank)
+    train_state.pt   rank 0: the state's SHARED entries: student, EMA, optimizer, scheduler, step
     rank_<r>.pt      every rank: python/numpy/torch(/cuda) RNG states, the distill generator and the
                      data position, which differ per rank, and the digest of its student replica
     history.json     rank 0: every reported metrics dict so far (curves in the report)
     meta.json        rank 0, written last: step, world size, the student's arch_spec, the steps the run
                      resumed from, and the byte size of every other file (the completeness check)
 
-A resume takes Ray's latest registered checkpoint (`ray.train.get_checkpoint()`), unless the run
-folder holds a newer *complete* one: a worker that dies right after a report can take the
-registration of that report's checkpoint with it, though every byte of it is in storage.
-All tensors are read back with `weights_only=True`.
+`write_checkpoint` / `read_checkpoint` save and restore a whole `TrainState`. A resume takes Ray's
+latest registered checkpoint (`ray.train.get_checkpoint()`), unless the run folder holds a newer
+*complete* one (see `resume_folder`). All tensors are read back with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -24,20 +23,18 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import ray.train
 import torch
 from torch import nn
 
 from dukd_ray.storage import get_fs, with_retries
 from dukd_ray.train.collective import all_gather
+from dukd_ray.train.state import PER_RANK, SHARED, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -58,30 +55,6 @@ def rank_file(rank: int) -> str:
     return f"rank_{rank}.pt"
 
 
-def capture_rng(generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a step consumes (numpy's as plain values so `weights_only` loading works)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "generator": generator.get_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def replica_digest(*models: nn.Module) -> str:
     """SHA-256 of the models' states (names and raw bytes): equal digests = bit-identical replicas."""
     h = hashlib.sha256()
@@ -92,76 +65,47 @@ def replica_digest(*models: nn.Module) -> str:
     return h.hexdigest()
 
 
-@dataclass
-class Restored:
-    """What a worker gets back from a checkpoint; `rank_state` is None when the world size changed."""
-
-    step: int
-    train_state: dict[str, Any]
-    rank_state: dict[str, Any] | None
-    history: list[dict[str, Any]]
-    resumes: list[int]  # every step the run resumed from (restarts, resubmissions), this one included
-
-
-def write_checkpoint(
-    folder: str,
-    *,
-    rank: int,
-    world_size: int,
-    step: int,
-    student: nn.Module,
-    ema: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-    data_state: dict[str, Any],
-    history: list[dict[str, Any]],
-    resumes: list[int],
-) -> None:
-    """This rank's share of the checkpoint at `step` into the local `folder` (Ray uploads it); collective.
+def write_checkpoint(folder: str, state: TrainState, *, rank: int, world_size: int) -> None:
+    """This rank's share of `state` as a checkpoint in the local `folder` (Ray uploads it); collective.
 
     Raises if the ranks' student/EMA replicas differ: validation runs on every rank's EMA.
     """
+    saved = state.state_dict()
+    step = saved["step"]
     rank_path = os.path.join(folder, rank_file(rank))
-    digest = replica_digest(student, ema)
-    torch.save(
-        {"step": step, "rng": capture_rng(generator), "data": data_state, "replica_digest": digest}, rank_path
-    )
+    digest = replica_digest(state.student, state.ema.module)
+    torch.save({"step": step, **{k: saved[k] for k in PER_RANK}, "replica_digest": digest}, rank_path)
     shares = all_gather((digest, os.path.getsize(rank_path)))
     if len({d for d, _ in shares}) > 1:
         raise RuntimeError(f"student replicas differ across ranks at step {step}: {[d for d, _ in shares]}")
     if rank != 0:
         return
-    train_state = {
-        "step": step,
-        "student": student.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-    }
-    torch.save(train_state, os.path.join(folder, TRAIN_STATE))
-    _write_json(os.path.join(folder, HISTORY), history)
+    torch.save({k: saved[k] for k in SHARED}, os.path.join(folder, TRAIN_STATE))
+    _write_json(os.path.join(folder, HISTORY), saved["history"])
     files = {rank_file(r): size for r, (_, size) in enumerate(shares)}
     files |= {name: os.path.getsize(os.path.join(folder, name)) for name in (TRAIN_STATE, HISTORY)}
-    arch_spec = getattr(student, "arch_spec", None)
     meta = {
         "step": step,
         "world_size": world_size,
-        "arch_spec": arch_spec,
-        "resumes": resumes,
+        "arch_spec": getattr(state.student, "arch_spec", None),
+        "resumes": saved["resumes"],
         "files": files,
     }
     _write_json(os.path.join(folder, META), meta)
 
 
-def read_checkpoint(folder: str, rank: int, world_size: int, device: torch.device) -> Restored:
-    """Load a checkpoint folder (already local). Rank states are skipped if the world size changed."""
+def read_checkpoint(folder: str, state: TrainState, *, rank: int, world_size: int) -> None:
+    """Load a (local) checkpoint folder into `state`; the PER_RANK entries only if the world size is the same.
+
+    Its step is appended to `state.resumes`: every restart and resubmission is on record.
+    """
     with open(os.path.join(folder, META)) as f:
         meta = json.load(f)
-    train_state = torch.load(os.path.join(folder, TRAIN_STATE), map_location=device, weights_only=True)
-    rank_state = None
+    device = next(state.student.parameters()).device
+    saved = torch.load(os.path.join(folder, TRAIN_STATE), map_location=device, weights_only=True)
     if meta["world_size"] == world_size:
         rank_state = torch.load(os.path.join(folder, rank_file(rank)), map_location="cpu", weights_only=True)
+        saved |= {k: rank_state[k] for k in PER_RANK}
     else:
         log.warning(
             "checkpoint at step %d was written by %d workers, this run has %d: weights, optimizer and "
@@ -171,16 +115,26 @@ def read_checkpoint(folder: str, rank: int, world_size: int, device: torch.devic
             world_size,
         )
     with open(os.path.join(folder, HISTORY)) as f:
-        history = json.load(f)
-    step = int(meta["step"])
-    return Restored(step, train_state, rank_state, history, resumes=[*meta["resumes"], step])
+        saved["history"] = json.load(f)
+    saved["step"] = step = int(meta["step"])
+    saved["resumes"] = [*meta["resumes"], step]
+    state.load_state_dict(saved)
 
 
 @contextlib.contextmanager
 def resume_folder(
     ray_checkpoint: ray.train.Checkpoint | None, run_url: str, storage_options: dict[str, Any] | None
 ) -> Iterator[str | None]:
-    """A local folder with the checkpoint to resume from, or None for a fresh start (see module doc)."""
+    """A local folder with the checkpoint to resume from, or None for a fresh start.
+
+    Why not `ray.train.get_checkpoint()` alone: Ray 2.60 registers a checkpoint only when its
+    controller has polled every worker's report (a queue of one inside each worker), and saves its
+    list of registered checkpoints (`checkpoint_manager_snapshot.json`, what a restarted group or a
+    resubmitted run gets back) only then. A worker that dies after `ray.train.report` returned, its
+    report still unpolled, takes the registration with it though every file is uploaded, and the run
+    would repeat the steps since the checkpoint before. So the run folder's newest *complete*
+    checkpoint (`meta.json` present, every file its recorded size) wins when it is newer than Ray's.
+    """
     found = latest_complete_checkpoint(run_url, storage_options)
     registered = _step_of(ray_checkpoint.path) if ray_checkpoint else -1
     if found and found[0] > registered:

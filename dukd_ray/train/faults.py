@@ -1,8 +1,10 @@
 """Test-only fault injection: make one worker die once, mid-run, to exercise Ray's recovery.
 
-`DUKD_FAULT_INJECT="rank=1,step=3"` in the driver's environment makes rank 1 exit hard right after
-training step 3. A marker object in the run folder records that it happened, so the restarted worker
-group (which resumes from the last checkpoint and passes step 3 again) trains on.
+`build_trainer(cfg, fault=Fault(rank=1, step=3))` (or `run_training(cfg, fault=...)`) makes rank 1
+exit hard right after training step 3. It is an argument, never read from the environment, so no
+production run can carry one by accident. A marker object in the run folder records that it
+happened, so the restarted worker group (which resumes from the last checkpoint and passes step 3
+again) trains on.
 """
 
 from __future__ import annotations
@@ -14,25 +16,19 @@ from typing import Any
 
 from dukd_ray.storage import exists, join, write_bytes_atomic
 
-ENV_VAR = "DUKD_FAULT_INJECT"
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Fault:
-    rank: int
-    step: int
+    rank: int  # the worker that dies
+    step: int  # right after this training step
 
-    @classmethod
-    def parse(cls, spec: str | None) -> Fault | None:
-        """`"rank=R,step=S"` -> Fault; empty -> None; anything else is an error naming the variable."""
-        if not spec:
-            return None
-        try:
-            fields = dict(part.split("=", 1) for part in spec.split(","))
-            return cls(rank=int(fields["rank"]), step=int(fields["step"]))
-        except (KeyError, ValueError):
-            raise ValueError(f"{ENV_VAR}={spec!r}: expected 'rank=R,step=S'") from None
+    def __post_init__(self) -> None:
+        for name, low in (("rank", 0), ("step", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"Fault.{name} must be an int >= {low}, got {value!r}")
 
     def marker_url(self, run_url: str) -> str:
         return join(run_url, f".fault_injected-rank{self.rank}-step{self.step}")
@@ -45,6 +41,6 @@ class Fault:
         if exists(marker, storage_options):
             return
         write_bytes_atomic(marker, b"injected\n", storage_options)
-        log.warning("%s: rank %d exits at step %d", ENV_VAR, rank, step)
+        log.warning("fault injection: rank %d exits at step %d", rank, step)
         logging.shutdown()
         os._exit(1)

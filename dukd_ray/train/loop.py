@@ -1,9 +1,9 @@
 """`train_loop_per_worker`: what every Ray Train worker runs, top to bottom.
 
-Build the frozen teacher (never DDP) and the student (the only module `prepare_model` wraps), restore
-from `ray.train.get_checkpoint()` if there is one (a restarted worker group or a resubmitted run),
-stream this rank's share of the data, and at every validation interval report metrics, with a
-checkpoint at checkpoint intervals. Rank 0 writes the exports and the report at the end.
+Build the frozen teacher (never DDP) and the student (the only module `prepare_model` wraps) with
+the rest of the `TrainState`, restore it from the checkpoint `resume_folder` picks if there is one
+(a restarted worker group or a resubmitted run), then per step: train, maybe validate and report,
+maybe checkpoint. Rank 0 writes the exports and the report at the end.
 """
 
 from __future__ import annotations
@@ -20,32 +20,29 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from dukd_ray.data import TrainStream, build_train_stream
+from dukd_ray.data import build_train_stream
 from dukd_ray.distill import EMA, freeze_teacher, train_step
-from dukd_ray.eval.benchmark import evaluate_bicubic, load_benchmark_sets
+from dukd_ray.eval.benchmark import Pair, evaluate_bicubic, load_benchmark_sets
 from dukd_ray.eval.inference import InferenceOptions
 from dukd_ray.models import build_arch, load_pretrained
-from dukd_ray.train.checkpoint import (
-    Restored,
-    checkpoint_dir_name,
-    read_checkpoint,
-    restore_rng,
-    resume_folder,
-    write_checkpoint,
-)
+from dukd_ray.train.checkpoint import checkpoint_dir_name, read_checkpoint, resume_folder, write_checkpoint
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.faults import Fault
 from dukd_ray.train.outputs import write_outputs
 from dukd_ray.train.progress import ProgressLine, StepMeter, TensorBoard
+from dukd_ray.train.state import TrainState
 from dukd_ray.train.validate import evaluate_distributed, flatten
 
 log = logging.getLogger(__name__)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train one DUKD (or kd/scratch) student; `config = {"job": JobConfig.to_dict(), "fault": spec}`."""
+    """Train one DUKD (or kd/scratch) student; `config = {"job": JobConfig.to_dict(), "fault": Fault}`.
+
+    `fault` is None outside the fault-tolerance tests (see `build_trainer`).
+    """
     cfg = JobConfig.from_dict(config["job"])
-    fault = Fault.parse(config.get("fault"))
+    fault: Fault | None = config["fault"]
     t, opts = cfg.train, cfg.data.storage_options or None
     run_url = cfg.run.url()
     ctx = ray.train.get_context()
@@ -65,89 +62,108 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     student = _build_student(cfg, device, memory_format)
     ema = EMA(student, t.ema_decay)
     _seed_everything(t.seed + rank)  # from here on each rank draws its own random numbers
-    generator = torch.Generator().manual_seed(t.seed + rank)  # the distill method's draws
+    generator = torch.Generator().manual_seed(t.seed + rank)
     optimizer = torch.optim.Adam(student.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=t.milestones, gamma=t.gamma)
-    stream = build_train_stream(
-        cfg.data.train,
-        cfg.model.scale,
-        patch_size=cfg.data.patch_size,
-        batch_size=cfg.data.batch_size,
-        rank=rank,
-        world_size=world,
-        seed=t.seed,
-        num_workers=cfg.data.loader_workers,
-        storage_options=opts,
-        pin_memory=cuda,
+    state = TrainState(
+        student=student,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=t.milestones, gamma=t.gamma),
+        generator=generator,
+        stream=build_train_stream(
+            cfg.data.train,
+            cfg.model.scale,
+            patch_size=cfg.data.patch_size,
+            batch_size=cfg.data.batch_size,
+            rank=rank,
+            world_size=world,
+            seed=t.seed,
+            num_workers=cfg.data.loader_workers,
+            storage_options=opts,
+            pin_memory=cuda,
+        ),
     )
-    start_step, history, resumes = 0, [], []
     with resume_folder(ray.train.get_checkpoint(), run_url, opts) as folder:
-        restored = read_checkpoint(folder, rank, world, device) if folder else None
-    if restored:
-        _restore(restored, student, ema, optimizer, scheduler, stream, generator)
-        start_step, history, resumes = restored.step, restored.history, restored.resumes
-        if rank == 0:
-            log.info("resuming %s from step %d", cfg.run.name, start_step)
+        if folder:
+            read_checkpoint(folder, state, rank=rank, world_size=world)
+            if rank == 0:
+                log.info("resuming %s from step %d", cfg.run.name, state.step)
     model = ray.train.torch.prepare_model(student)  # DDP across workers; the teacher is never wrapped
     sets = load_benchmark_sets(cfg.data.val, cfg.data.val_sets, cfg.model.scale, storage_options=opts)
     evaluate = InferenceOptions(self_ensemble=t.val_self_ensemble, tile=t.val_tile)
 
-    tensorboard = TensorBoard(run_url, start_step, opts) if rank == 0 else None
-    progress = ProgressLine(start_step, t.max_steps, t.log_every)
+    tensorboard = TensorBoard(run_url, state.step, opts) if rank == 0 else None
+    progress = ProgressLine(state.step, t.max_steps, t.log_every)
     meter = StepMeter()
-    batches = iter(stream)
-    for step in range(start_step + 1, t.max_steps + 1):
+    batches = iter(state.stream)
+    for step in range(state.step + 1, t.max_steps + 1):
         began = time.perf_counter()
         batch = {k: v.to(device, non_blocking=cuda) for k, v in next(batches).items()}  # pinned on CUDA
         fetched = time.perf_counter()
         losses = train_step(model, teacher, optimizer, batch, cfg.distill, generator, amp_dtype, input_format)
-        scheduler.step()
+        state.scheduler.step()
         ema.update(model)
+        state.step = step
         meter.add(losses, data_s=fetched - began, step_s=time.perf_counter() - began)
         if fault:
             fault.maybe_fail(rank, step, run_url, opts)
         if rank == 0:
             progress.update(step, losses["loss"], cfg.data.batch_size * world)
-        if step % t.val_every and step != t.max_steps:
-            continue
-        metrics = {"step": step, "lr": scheduler.get_last_lr()[0], **meter.summary(cfg.data.batch_size)}
-        metrics.update(flatten(evaluate_distributed(ema.module, sets, cfg.model.scale, evaluate)))
-        if step == t.max_steps:  # the report's reference rows, once
-            if teacher is not None:
-                scores = evaluate_distributed(teacher, sets, cfg.model.scale, evaluate)
-                metrics.update(flatten(scores, prefix="teacher/"))
-            if rank == 0:  # the same on every rank, and only rank 0's metrics are kept
-                metrics.update(flatten(evaluate_bicubic(sets, cfg.model.scale), prefix="bicubic/"))
-        history.append(metrics)
-        if tensorboard:
-            tensorboard.scalars(step, metrics)
-        if step % t.ckpt_every and step != t.max_steps:
-            ray.train.report(metrics)
-            continue
-        with tempfile.TemporaryDirectory() as folder:
-            write_checkpoint(
-                folder,
-                rank=rank,
-                world_size=world,
-                step=step,
-                student=student,
-                ema=ema.module,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                generator=generator,
-                data_state=stream.state_dict(),
-                history=history,
-                resumes=resumes,
-            )
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(step))
-        if tensorboard:
-            tensorboard.upload()
+
+        if _due(step, t.val_every, t.max_steps):
+            metrics = _validation_metrics(cfg, state, meter, teacher, sets, evaluate, rank)
+            state.history.append(metrics)
+            if tensorboard:
+                tensorboard.scalars(step, metrics)
+            if _due(step, t.ckpt_every, t.max_steps):
+                _report_with_checkpoint(metrics, state, rank, world)
+                if tensorboard:
+                    tensorboard.upload()
+            else:
+                ray.train.report(metrics)
 
     batches.close()  # stop the loader processes before the (rank 0) exports and report
     if rank == 0:
         tensorboard.close()
-        write_outputs(cfg, student, ema.module, teacher, sets, history, resumes)
+        write_outputs(cfg, student, ema.module, teacher, sets, state.history, state.resumes)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    """Validation and checkpoint steps: every `every` steps, and the last step whatever it is."""
+    return step % every == 0 or step == last
+
+
+def _validation_metrics(
+    cfg: JobConfig,
+    state: TrainState,
+    meter: StepMeter,
+    teacher: nn.Module | None,
+    sets: dict[str, list[Pair]],
+    evaluate: InferenceOptions,
+    rank: int,
+) -> dict[str, Any]:
+    """One report: lr, the step meter's summary and the EMA's scores; the reference rows at the end."""
+    scale = cfg.model.scale
+    metrics = {
+        "step": state.step,
+        "lr": state.scheduler.get_last_lr()[0],
+        **meter.summary(cfg.data.batch_size),
+    }
+    metrics.update(flatten(evaluate_distributed(state.ema.module, sets, scale, evaluate)))
+    if state.step == cfg.train.max_steps:  # the report's reference rows, once
+        if teacher is not None:
+            metrics.update(flatten(evaluate_distributed(teacher, sets, scale, evaluate), prefix="teacher/"))
+        if rank == 0:  # the same on every rank, and only rank 0's metrics are kept
+            metrics.update(flatten(evaluate_bicubic(sets, scale), prefix="bicubic/"))
+    return metrics
+
+
+def _report_with_checkpoint(metrics: dict[str, Any], state: TrainState, rank: int, world: int) -> None:
+    """`ray.train.report` with this rank's checkpoint of `state` (collective: every rank calls it)."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_checkpoint(folder, state, rank=rank, world_size=world)
+        checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))
 
 
 def _seed_everything(seed: int) -> None:
@@ -176,22 +192,3 @@ def _build_student(cfg: JobConfig, device: torch.device, memory_format: torch.me
             student, m.student_init, strict=False, storage_options=cfg.data.storage_options or None
         )
     return student.to(device, memory_format=memory_format)
-
-
-def _restore(
-    restored: Restored,
-    student: nn.Module,
-    ema: EMA,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    stream: TrainStream,
-    generator: torch.Generator,
-) -> None:
-    state = restored.train_state
-    student.load_state_dict(state["student"])
-    ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if restored.rank_state is not None:
-        stream.load_state_dict(restored.rank_state["data"])
-        restore_rng(restored.rank_state["rng"], generator)

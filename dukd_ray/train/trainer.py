@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from ray.train.torch import TorchTrainer
 from dukd_ray.storage import get_fs, join
 from dukd_ray.train.checkpoint import HISTORY
 from dukd_ray.train.config import JobConfig
-from dukd_ray.train.faults import ENV_VAR as FAULT_ENV_VAR
+from dukd_ray.train.faults import Fault
 from dukd_ray.train.loop import train_loop_per_worker
 from dukd_ray.train.preflight import check_inputs, is_local, resolve
 
@@ -51,19 +50,24 @@ def prepare(cfg: JobConfig) -> JobConfig:
 
 
 def build_trainer(
-    cfg: JobConfig, callbacks: Sequence[ray.train.UserCallback] = (), *, check: bool = True
+    cfg: JobConfig,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+    *,
+    check: bool = True,
+    fault: Fault | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for `cfg`; `callbacks` go into RunConfig (Tune passes TuneReportCallback there).
 
     `check=False` skips the input checks (for a config that already passed `prepare`, or a sweep's
-    trials that only vary the objective); defaults are resolved either way.
+    trials that only vary the objective); defaults are resolved either way. `fault` is for the
+    fault-tolerance tests only: that worker dies once at that step.
     """
     cfg = prepare(cfg) if check else resolve(cfg)
     storage_path, storage_filesystem = ray_storage(cfg.run.storage, cfg.data.storage_options or None)
     use_gpu, gpus = _use_gpu(cfg.run.use_gpu), cfg.run.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": cfg.to_dict(), "fault": os.environ.get(FAULT_ENV_VAR)},
+        train_loop_config={"job": cfg.to_dict(), "fault": fault},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers,
             use_gpu=use_gpu,  # one GPU per worker, unless resources_per_worker says otherwise
@@ -84,10 +88,13 @@ def build_trainer(
     )
 
 
-def run_training(cfg: JobConfig) -> TrainResult:
-    """Check, train (resuming `<storage>/<name>` if it has checkpoints), and return where the outputs are."""
+def run_training(cfg: JobConfig, *, fault: Fault | None = None) -> TrainResult:
+    """Check, train (resuming `<storage>/<name>` if it has checkpoints), and return where the outputs are.
+
+    `fault`: see `build_trainer`.
+    """
     cfg = prepare(cfg)
-    result = build_trainer(cfg, check=False).fit()
+    result = build_trainer(cfg, check=False, fault=fault).fit()
     checkpoint = result.checkpoint
     with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{HISTORY}") as f:
         history = json.loads(f.read().decode("utf-8"))
