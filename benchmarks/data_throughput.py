@@ -38,10 +38,10 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 from dukd_ray.data import build_train_stream  # noqa: E402
-from dukd_ray.data.imageio import read_image, write_png  # noqa: E402
 from dukd_ray.data.pack import pack  # noqa: E402
 from dukd_ray.data.samples import bicubic_lr, write_sample_data  # noqa: E402
 from dukd_ray.data.sources import HR_DIR, LR_DIR, list_div2k_pairs  # noqa: E402
+from dukd_ray.image.io import read_image, write_png  # noqa: E402
 
 SCALE, PATCH, BATCH = 4, 48, 16
 

@@ -28,7 +28,7 @@ from torch import nn
 from dukd_ray.distill import DistillConfig, apply_ops, freeze_teacher, train_step, zoom_in_cells
 from dukd_ray.distill.augment import draw_flags
 from dukd_ray.distill.upcycle import draw_cells
-from dukd_ray.eval.resize import imresize
+from dukd_ray.image.resize import imresize
 from dukd_ray.models import build_arch
 
 SCALE = 4

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from dukd_ray.eval.resize import imresize
+from dukd_ray.image.resize import imresize
 
 
 def images_per_second(fn: Callable[[], object], n_images: int, repeats: int, device: torch.device) -> float:

@@ -31,9 +31,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from dukd_ray.distill import DistillConfig
-from dukd_ray.models import build_arch
+from dukd_ray.models import ARCHS, build_arch
 
-ARCHS = ("edsr", "rcan", "swinir")
 PAPER_ITERATIONS = 250_000
 PAPER_BATCH = 16  # LR patches per GPU per iteration (docs/distill.md)
 PAPER_PATCH = 48  # LR patch side in pixels

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dukd_ray.eval.metrics import to_float_tensor
+from dukd_ray.image.convert import to_float_tensor
+from dukd_ray.models.cli import SETUP_ERRORS, add_checkpoint_args, model_from_args
 from dukd_ray.storage import redact_url, write_bytes_atomic
-from dukd_ray.upscale import SETUP_ERRORS, add_checkpoint_args, model_from_args
 
 FORMATS = ("onnx", "torchscript")
 FP32_TOLERANCE = 1e-4

@@ -58,6 +58,16 @@ def get_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fss
     return url_to_fs(str(url), **opts)
 
 
+def is_local(url: str) -> bool:
+    """A plain path or a file:// URL (Ray Train and Tune want those absolute; object stores as given)."""
+    return "://" not in url or url.startswith("file://")
+
+
+def basename(url: str) -> str:
+    """The last component of a URL or path; a trailing '/' (a folder) is ignored."""
+    return str(url).rstrip("/").rsplit("/", 1)[-1]
+
+
 def join(url: str, *parts: str) -> str:
     """Join path parts onto a URL or local path with '/'."""
     out = str(url).rstrip("/")
@@ -110,6 +120,37 @@ def read_bytes(url: str, storage_options: dict[str, Any] | None = None) -> bytes
         return with_retries(lambda: fs.cat_file(path), url)
     except FileNotFoundError:
         raise FileNotFoundError(f"not found: {redact_url(url)}") from None
+
+
+def list_folder(
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    folders: bool = False,
+    recursive: bool = False,
+    missing_ok: bool = False,
+) -> list[str]:
+    """The sorted names of the files directly under `url` (`folders=True`: its sub-folders instead).
+
+    `recursive=True` lists every file below `url` as a '/'-separated path relative to it. The
+    listing is fresh (no stale fsspec cache) and retried like every read. A missing folder is a
+    FileNotFoundError naming it, or an empty list with `missing_ok`.
+    """
+    fs, path = get_fs(url, storage_options)
+    base = path.rstrip("/")
+    fs.invalidate_cache(base)
+    try:
+        if recursive:
+            found = with_retries(lambda: fs.find(base), url)
+            names = [p[len(base) :].lstrip("/") for p in found]
+        else:
+            entries = with_retries(lambda: fs.ls(base, detail=True), url)
+            names = [basename(e["name"]) for e in entries if (e["type"] == "directory") == folders]
+    except FileNotFoundError:
+        if missing_ok:
+            return []
+        raise FileNotFoundError(f"folder not found: {redact_url(url)}") from None
+    return sorted(names)
 
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:

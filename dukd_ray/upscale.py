@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dukd_ray.data.imageio import IMAGE_SUFFIXES, is_image_name, read_image, write_png
 from dukd_ray.eval.inference import InferenceOptions, model_device, super_resolve
-from dukd_ray.eval.metrics import to_float_tensor, to_uint8_hwc
-from dukd_ray.models import ARCHS, PRESET_NAMES, CheckpointError, build_from_checkpoint
-from dukd_ray.storage import StorageError, get_fs, join, redact_url
+from dukd_ray.image.convert import to_float_tensor, to_uint8_hwc
+from dukd_ray.image.io import IMAGE_SUFFIXES, is_image_name, read_image, write_png
+from dukd_ray.models.cli import SETUP_ERRORS, add_checkpoint_args, model_from_args
+from dukd_ray.storage import basename, get_fs, join, list_folder, redact_url
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,13 @@ def find_images(
     for inp in inputs:
         fs, path = get_fs(inp, storage_options)
         if fs.isdir(path):
-            base = path.rstrip("/")
-            found = sorted(p for p in fs.find(base) if is_image_name(p))
+            found = [rel for rel in list_folder(inp, storage_options, recursive=True) if is_image_name(rel)]
             if not found:
                 raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {redact_url(inp)}")
-            for p in found:
-                rel = p[len(base) :].lstrip("/")
+            for rel in found:
                 tasks.append(UpscaleTask(join(inp, rel), join(out, _png_name(rel))))
         elif fs.isfile(path):
-            tasks.append(UpscaleTask(inp, join(out, _png_name(posixpath.basename(path)))))
+            tasks.append(UpscaleTask(inp, join(out, _png_name(basename(path)))))
         else:
             raise FileNotFoundError(f"input not found: {redact_url(inp)}")
     by_dest: dict[str, str] = {}
@@ -119,25 +117,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-# what a wrong command line (bad checkpoint, missing input, unreachable storage) raises before any work
-SETUP_ERRORS = (CheckpointError, FileNotFoundError, ValueError, StorageError)
-
-
-def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    """--checkpoint and, for foreign checkpoints, --arch/--scale/--preset (shared with the export CLI)."""
-    p.add_argument(
-        "--checkpoint", required=True, help=".pth/.safetensors from a run, or a foreign checkpoint"
-    )
-    p.add_argument("--arch", choices=sorted(ARCHS), help="only for foreign checkpoints (ours carry it)")
-    p.add_argument("--scale", type=int, help="only for foreign checkpoints (ours carry it)")
-    p.add_argument("--preset", choices=PRESET_NAMES, help="model size of a foreign checkpoint")
-
-
-def model_from_args(args: argparse.Namespace) -> nn.Module:
-    """The checkpoint's model in eval mode, on the CPU."""
-    return build_from_checkpoint(args.checkpoint, arch=args.arch, scale=args.scale, preset=args.preset)
 
 
 def build_parser() -> argparse.ArgumentParser:

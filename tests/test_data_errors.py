@@ -14,12 +14,14 @@ import pytest
 import s3fs
 from PIL import Image
 
-from dukd_ray.data import build_train_stream, imageio
-from dukd_ray.data.imageio import ImageDecodeError
+from dukd_ray.data import build_train_stream
 from dukd_ray.data.pack import pack
 from dukd_ray.data.shards import ShardFormatError, load_manifest
-from dukd_ray.data.sources import PairError, list_div2k_pairs
+from dukd_ray.data.sources import list_div2k_pairs
 from dukd_ray.data.stream import PatchError
+from dukd_ray.image import io as imageio
+from dukd_ray.image.io import ImageDecodeError
+from dukd_ray.image.pairs import PairError
 from dukd_ray.storage import StorageError
 
 SCALE = 4
@@ -93,7 +95,7 @@ def test_grayscale_and_rgba_are_converted_and_said_once(div2k, tmp_path, caplog,
             Image.open(path).convert("L").save(path)
     for path in (hr_path(div2k, "0003"), lr_path(div2k, "0003")):
         Image.open(path).convert("RGBA").save(path)
-    caplog.set_level(logging.WARNING, logger="dukd_ray.data.imageio")
+    caplog.set_level(logging.WARNING, logger="dukd_ray.image.io")
     dst = tmp_path / "out"
     pack(str(div2k), str(dst), SCALE, crop=192, step=192, progress=False)
     said = [r.getMessage() for r in caplog.records if "converting" in r.getMessage()]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import s3fs
 
-from dukd_ray.data.imageio import read_image
 from dukd_ray.data.pack import crop_starts, main, pack
 from dukd_ray.data.shards import FORMAT_VERSION, decode_header, decode_record, header_length, load_manifest
+from dukd_ray.image.io import read_image
 from dukd_ray.storage import join
 
 SCALE, CROP, STEP = 4, 96, 48

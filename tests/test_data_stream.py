@@ -15,7 +15,7 @@ from dukd_ray.data.pack import pack
 from dukd_ray.data.plan import StreamPlan
 from dukd_ray.data.sources import ShardSource
 from dukd_ray.data.stream import random_patch
-from dukd_ray.eval.resize import imresize
+from dukd_ray.image.resize import imresize
 
 SCALE, PATCH = 4, 16
 

@@ -25,7 +25,7 @@ from dukd_ray.distill import (
     zoom_in_cells,
     zoom_out_input,
 )
-from dukd_ray.eval.resize import imresize
+from dukd_ray.image.resize import imresize
 from dukd_ray.models import build_arch
 
 PATCH = 12  # LR patch: divisible by 2, 3 and 4 so zoom-out works at every scale
@@ -395,6 +395,21 @@ def test_ema_update_formula_and_state_dict():
     assert not any(p.requires_grad for p in ema.module.parameters())
     with pytest.raises(ValueError, match="decay"):
         EMA(student, decay=1.5)
+
+
+def test_ema_of_a_compiled_student_averages_the_bare_arch():
+    """torch.compile holds the student as `_orig_mod`: the EMA copies the arch and keeps its key names."""
+    student, _ = tiny_models(2)
+    compiled = torch.compile(student)  # compiles on the first call; none happens here
+    ema = EMA(compiled, decay=0.5)
+    assert list(ema.state_dict()) == list(student.state_dict())
+    start = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    ema.update(compiled)
+    for name, p in student.named_parameters():
+        torch.testing.assert_close(ema.state_dict()[name], 0.5 * start[name] + 0.5 * p.detach())
 
 
 def test_bf16_autocast_is_applied_and_close_to_fp32():

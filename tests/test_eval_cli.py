@@ -12,12 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from dukd_ray.data.imageio import read_image, write_png
 from dukd_ray.data.samples import bicubic_lr
 from dukd_ray.eval.__main__ import main
 from dukd_ray.eval.benchmark import (
     BenchmarkDataError,
-    PairSizeError,
     evaluate_bicubic,
     evaluate_pair,
     evaluate_sets,
@@ -25,8 +23,10 @@ from dukd_ray.eval.benchmark import (
     load_benchmark_sets,
 )
 from dukd_ray.eval.inference import InferenceOptions
-from dukd_ray.eval.metrics import to_float_tensor
-from dukd_ray.eval.resize import imresize
+from dukd_ray.image.convert import to_float_tensor
+from dukd_ray.image.io import read_image, write_png
+from dukd_ray.image.pairs import PairError
+from dukd_ray.image.resize import imresize
 from dukd_ray.models import build_arch, save_weights
 
 
@@ -84,7 +84,7 @@ def test_missing_set_lr_and_size_mismatch_errors_name_the_file(tmp_path):
     with pytest.raises(BenchmarkDataError, match=r"missing LR image .*Set5/LR_bicubic/X2/babyx2\.png"):
         load_benchmark_sets(root, ["Set5"], 2)
     write_png(f"{root}/Set5/LR_bicubic/X4/birdx4.png", np.zeros((5, 6, 3), dtype=np.uint8))
-    with pytest.raises(PairSizeError, match=r"size mismatch at x4: LR .*birdx4\.png is 5x6, HR .*bird\.png"):
+    with pytest.raises(PairError, match=r"size mismatch at x4: LR .*birdx4\.png is 5x6, HR .*bird\.png"):
         load_benchmark_sets(root, ["Set5"], 4)
 
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from skimage import data
 from torch import nn
 
-from dukd_ray.eval.metrics import to_float_tensor
 from dukd_ray.export import FP16_TOLERANCE, ExportVerificationError, export_model, main
+from dukd_ray.image.convert import to_float_tensor
 from dukd_ray.models import build_arch, save_weights
 from dukd_ray.storage import read_bytes
 

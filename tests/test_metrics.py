@@ -9,7 +9,8 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from dukd_ray.eval.metrics import psnr, ssim, to_float_tensor, to_uint8_hwc
+from dukd_ray.eval.metrics import psnr, ssim
+from dukd_ray.image.convert import to_float_tensor, to_uint8_hwc
 
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dukd_ray.eval.resize import imresize
+from dukd_ray.image.resize import imresize
 
 
 def _rows_constant(signal: list[float], rows: int) -> torch.Tensor:

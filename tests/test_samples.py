@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from dukd_ray.data.imageio import read_image
 from dukd_ray.data.samples import (
     MAX_SIDE,
     TEST_PHOTOS,
@@ -17,7 +16,8 @@ from dukd_ray.data.samples import (
     default_sample_data,
     write_sample_data,
 )
-from dukd_ray.eval.resize import imresize
+from dukd_ray.image.io import read_image
+from dukd_ray.image.resize import imresize
 
 
 def _files(root: str) -> list[str]:

@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from skimage import data
 
-from dukd_ray.data.imageio import encode_png, read_image, write_png
-from dukd_ray.eval.metrics import psnr, to_float_tensor, to_uint8_hwc
-from dukd_ray.eval.resize import imresize
+from dukd_ray.eval.metrics import psnr
+from dukd_ray.image.convert import to_float_tensor, to_uint8_hwc
+from dukd_ray.image.io import encode_png, read_image, write_png
+from dukd_ray.image.resize import imresize
 from dukd_ray.models import build_arch, save_weights
 from dukd_ray.storage import write_bytes_atomic
 from dukd_ray.upscale import main

@@ -35,7 +35,7 @@ from dukd_ray.data.shards import (
     parse_manifest,
     shard_info,
 )
-from dukd_ray.data.sources import Record, list_div2k_pairs, read_pair
+from dukd_ray.data.sources import Record, list_div2k_pairs
 from dukd_ray.storage import get_fs, join, read_bytes, redact_url, with_retries, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def pack(
     size = 0
     bar = tqdm(total=len(pairs), initial=first_image, desc="packing", unit="img", disable=not progress)
     for i in range(first_image, len(pairs)):
-        crops = crop_pair(read_pair(pairs[i], scale, src_options), scale, crop, step)
+        crops = crop_pair(pairs[i].read(scale, src_options), scale, crop, step)
         for j in range(first_crop if i == first_image else 0, len(crops)):
             nbytes = crops[j][1].nbytes + crops[j][2].nbytes
             if buf and size + nbytes > limit:

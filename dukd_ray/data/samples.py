@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dukd_ray.data.imageio import write_png
-from dukd_ray.eval.metrics import to_float_tensor, to_uint8_hwc
-from dukd_ray.eval.resize import imresize
+from dukd_ray.image.convert import to_float_tensor, to_uint8_hwc
+from dukd_ray.image.io import write_png
+from dukd_ray.image.resize import imresize
 from dukd_ray.storage import join, read_bytes, write_bytes_atomic
 
 SET_NAME = "Sample"

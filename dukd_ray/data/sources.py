@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dukd_ray.data.imageio import is_image_name, read_image
 from dukd_ray.data.shards import (
     MANIFEST_NAME,
     Manifest,
@@ -26,17 +25,15 @@ from dukd_ray.data.shards import (
     decode_record,
     load_manifest,
 )
-from dukd_ray.storage import exists, get_fs, join, redact_url, with_retries
+from dukd_ray.image.io import is_image_name
+from dukd_ray.image.pairs import PairError, read_pair
+from dukd_ray.storage import exists, get_fs, join, list_folder, redact_url, with_retries
 
 Record = tuple[str, np.ndarray, np.ndarray]
 HR_DIR = "DIV2K_train_HR"
 LR_DIR = "DIV2K_train_LR_bicubic"
 # one range read covers consecutive records up to this many bytes (a few crops of 480 px)
 RANGE_BYTES = 8 << 20
-
-
-class PairError(ValueError):
-    """An HR/LR pair is incomplete or its sizes do not agree with the scale."""
 
 
 class Source(Protocol):
@@ -54,21 +51,14 @@ class ImagePair:
     hr_url: str
     lr_url: str
 
+    def read(self, scale: int, storage_options: dict[str, Any] | None = None) -> Record:
+        """Decode the pair: HR mod-cropped to scale x LR size, which must then match exactly."""
+        return (self.name, *read_pair(self.hr_url, self.lr_url, scale, storage_options))
+
 
 def _list_images(url: str, storage_options: dict[str, Any] | None) -> dict[str, str]:
     """{file name: url} of the images directly under `url` (FileNotFoundError names it if absent)."""
-    fs, path = get_fs(url, storage_options)
-    fs.invalidate_cache(path)
-    try:
-        names = with_retries(lambda: fs.ls(path, detail=False), url)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"folder not found: {redact_url(url)}") from None
-    out = {}
-    for n in names:
-        base = str(n).rstrip("/").rsplit("/", 1)[-1]
-        if is_image_name(base):
-            out[base] = join(url, base)
-    return out
+    return {name: join(url, name) for name in list_folder(url, storage_options) if is_image_name(name)}
 
 
 def _split_suffix(name: str) -> tuple[str, str]:
@@ -99,19 +89,6 @@ def list_div2k_pairs(root: str, scale: int, storage_options: dict[str, Any] | No
     return pairs
 
 
-def read_pair(pair: ImagePair, scale: int, storage_options: dict[str, Any] | None = None) -> Record:
-    """Decode an HR/LR pair; HR is mod-cropped to scale x LR size, which must then match exactly."""
-    hr = read_image(pair.hr_url, storage_options)
-    lr = read_image(pair.lr_url, storage_options)
-    (hh, hw), (lh, lw) = hr.shape[:2], lr.shape[:2]
-    if hh // scale != lh or hw // scale != lw:
-        raise PairError(
-            f"sizes disagree with scale {scale}: HR {redact_url(pair.hr_url)} is {hh}x{hw}, "
-            f"LR {redact_url(pair.lr_url)} is {lh}x{lw} (expected {hh // scale}x{hw // scale})"
-        )
-    return pair.name, hr[: scale * lh, : scale * lw], lr
-
-
 @dataclass
 class PngSource:
     """A DIV2K-layout root read the BasicSR way: every sample decodes one HR and one LR PNG."""
@@ -132,7 +109,7 @@ class PngSource:
 
     def iter_records(self, requests: Iterable[tuple[int, int]]) -> Iterator[Record]:
         for unit, _ in requests:
-            yield read_pair(self.pairs[unit], self.scale, self.storage_options)
+            yield self.pairs[unit].read(self.scale, self.storage_options)
 
 
 @dataclass

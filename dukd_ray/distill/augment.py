@@ -12,15 +12,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from dukd_ray.image.geometry import GEOMETRIC_OPS
+
 # The canonical (forward) order of the ops; a flag tensor has one column per op in this order.
 LC_OPS: tuple[str, ...] = ("invert", "flip_h", "flip_w", "transpose")
 
-_OP_FUNCS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "invert": lambda v: 1.0 - v,
-    "flip_h": lambda v: v.flip(-2),
-    "flip_w": lambda v: v.flip(-1),
-    "transpose": lambda v: v.transpose(-2, -1),
-}
+# invert is photometric (images are in [0, 1]); the others are the shared geometric ops
+_OP_FUNCS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"invert": lambda v: 1.0 - v, **GEOMETRIC_OPS}
 
 
 def draw_flags(

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from dukd_ray.models.wrappers import unwrap
 
 
 class EMA:
@@ -21,12 +22,12 @@ class EMA:
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay!r}")
         self.decay = float(decay)
-        self.module = copy.deepcopy(_unwrap(model)).eval().requires_grad_(False)
+        self.module = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Move the average towards `model`'s current weights (DDP/DataParallel wrappers are unwrapped)."""
-        source = _unwrap(model)
+        """Move the average towards `model`'s current weights (DDP / DataParallel / compile unwrapped)."""
+        source = unwrap(model)
         ema_params = list(self.module.parameters())
         params = [p.detach() for p in source.parameters()]
         if len(ema_params) != len(params):
@@ -42,7 +43,3 @@ class EMA:
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         self.module.load_state_dict(state_dict, strict=strict)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, (DistributedDataParallel, DataParallel)) else model

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from torch import nn
-from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from dukd_ray.models.wrappers import is_data_parallel
 
 
 def freeze_teacher(model: nn.Module) -> nn.Module:
@@ -26,5 +27,5 @@ def check_frozen(model: nn.Module) -> None:
 
 
 def _reject_wrapped(model: nn.Module) -> None:
-    if isinstance(model, (DistributedDataParallel, DataParallel)):
+    if is_data_parallel(model):
         raise ValueError("the teacher must not be wrapped in (Distributed)DataParallel: it is never trained")

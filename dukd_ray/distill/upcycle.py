@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dukd_ray.eval.resize import imresize
+from dukd_ray.image.resize import imresize
 
 
 def draw_cells(scale: int, n_gt_sub: int, generator: torch.Generator) -> torch.Tensor:

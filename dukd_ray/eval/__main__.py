@@ -19,9 +19,9 @@ import torch
 from dukd_ray.eval.benchmark import evaluate_bicubic, evaluate_sets, list_sets, load_benchmark_sets
 from dukd_ray.eval.inference import InferenceOptions, model_scale
 from dukd_ray.eval.scores import SetScores
-from dukd_ray.models import ARCHS, PRESET_NAMES, build_from_checkpoint
+from dukd_ray.models import ARCHS, PRESET_NAMES, SUPPORTED_SCALES, build_from_checkpoint
+from dukd_ray.models.cli import SETUP_ERRORS
 from dukd_ray.storage import redact_url
-from dukd_ray.upscale import SETUP_ERRORS
 
 BICUBIC = "bicubic"
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dukd_ray.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", choices=[*ARCHS, BICUBIC], help="model arch (optional for dukd-ray exports)")
     p.add_argument(
-        "--scale", type=int, choices=(2, 3, 4), help="upscaling factor (optional for dukd-ray exports)"
+        "--scale", type=int, choices=SUPPORTED_SCALES, help="upscaling factor (optional for dukd-ray exports)"
     )
     p.add_argument("--preset", choices=PRESET_NAMES, help="model size of a foreign checkpoint")
     p.add_argument("--checkpoint", help="weights: local path or fsspec URL (.pth / .safetensors)")

@@ -15,24 +15,19 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from dukd_ray.data.imageio import is_image_name, read_image
 from dukd_ray.eval.inference import InferenceOptions, model_device, super_resolve
-from dukd_ray.eval.metrics import psnr, ssim, to_float_tensor, to_uint8_hwc
-from dukd_ray.eval.resize import imresize
+from dukd_ray.eval.metrics import psnr, ssim
 from dukd_ray.eval.scores import ImageScores, SetScores, set_scores
-from dukd_ray.storage import get_fs, join, redact_url, with_retries
-
-# Names the same set goes by in different benchmark packs: any of them finds a folder named by another.
-_B100_NAMES = ("B100", "BSD100", "BSDS100")
-SET_ALIASES: dict[str, tuple[str, ...]] = {n.lower(): _B100_NAMES for n in _B100_NAMES}
+from dukd_ray.eval.setnames import set_aliases
+from dukd_ray.image.convert import to_float_tensor, to_uint8_hwc
+from dukd_ray.image.io import is_image_name
+from dukd_ray.image.pairs import read_pair
+from dukd_ray.image.resize import imresize
+from dukd_ray.storage import join, list_folder, redact_url
 
 
 class BenchmarkDataError(FileNotFoundError):
     """A benchmark set, its HR images or an LR file is missing; the message names it."""
-
-
-class PairSizeError(ValueError):
-    """An LR/HR pair whose sizes disagree (HR != scale x LR after mod-crop); the message names both files."""
 
 
 @dataclass(frozen=True)
@@ -44,26 +39,23 @@ class Pair:
     hr: np.ndarray
 
 
-def _list_dirs(fs: Any, path: str, url: str) -> list[str]:
-    try:
-        entries = with_retries(lambda: fs.ls(path, detail=True), url)
-    except FileNotFoundError:
-        return []
-    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+def _list_dirs(url: str, storage_options: dict[str, Any] | None) -> list[str]:
+    return list_folder(url, storage_options, folders=True, missing_ok=True)
 
 
 def list_sets(root_url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """The set folders under a benchmark root (those with an `HR` folder)."""
-    fs, root_path = get_fs(root_url, storage_options)
     return [
-        d for d in _list_dirs(fs, root_path, root_url) if "HR" in _list_dirs(fs, join(root_path, d), root_url)
+        d
+        for d in _list_dirs(root_url, storage_options)
+        if "HR" in _list_dirs(join(root_url, d), storage_options)
     ]
 
 
-def _resolve_set(fs: Any, root_path: str, root_url: str, name: str) -> str:
+def _resolve_set(root_url: str, name: str, storage_options: dict[str, Any] | None) -> str:
     """The folder name of set `name` under the root, trying known aliases; error lists what exists."""
-    available = _list_dirs(fs, root_path, root_url)
-    for candidate in (name, *SET_ALIASES.get(name.lower(), ())):
+    available = _list_dirs(root_url, storage_options)
+    for candidate in set_aliases(name):
         if candidate in available:
             return candidate
     raise BenchmarkDataError(
@@ -78,19 +70,9 @@ def load_pair(
     """Read one LR/HR pair, mod-crop the HR and check HR = scale x LR (errors name both files)."""
     lr_url = join(set_url, "LR_bicubic", f"X{scale}", f"{name}x{scale}.png")
     try:
-        lr = read_image(lr_url, storage_options)
-    except FileNotFoundError:
-        raise BenchmarkDataError(
-            f"missing LR image {redact_url(lr_url)} for HR {redact_url(hr_url)}"
-        ) from None
-    hr = read_image(hr_url, storage_options)
-    hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
-    if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
-        raise PairSizeError(
-            f"LR/HR size mismatch at x{scale}: LR {redact_url(lr_url)} is {lr.shape[0]}x{lr.shape[1]}, "
-            f"HR {redact_url(hr_url)} is {hr.shape[0]}x{hr.shape[1]} after mod-crop "
-            f"(expected {lr.shape[0] * scale}x{lr.shape[1] * scale})"
-        )
+        hr, lr = read_pair(hr_url, lr_url, scale, storage_options)
+    except FileNotFoundError as e:  # says which of the two is missing
+        raise BenchmarkDataError(str(e)) from None
     return Pair(name, np.ascontiguousarray(lr), np.ascontiguousarray(hr))
 
 
@@ -98,20 +80,11 @@ def load_benchmark_sets(
     root_url: str, set_names: Sequence[str], scale: int, storage_options: dict[str, Any] | None = None
 ) -> dict[str, list[Pair]]:
     """Load the named sets (keys as requested, e.g. `B100` even if the folder is `BSDS100`)."""
-    fs, root_path = get_fs(root_url, storage_options)
     sets: dict[str, list[Pair]] = {}
     for name in set_names:
-        folder = _resolve_set(fs, root_path, root_url, name)
-        set_url, hr_dir, hr_path = (
-            join(root_url, folder),
-            join(root_url, folder, "HR"),
-            join(root_path, folder, "HR"),
-        )
-        try:
-            files = sorted(with_retries(lambda p=hr_path: fs.ls(p, detail=False), hr_dir))
-        except FileNotFoundError:
-            files = []
-        images = [f.rsplit("/", 1)[-1] for f in files if is_image_name(f)]
+        set_url = join(root_url, _resolve_set(root_url, name, storage_options))
+        hr_dir = join(set_url, "HR")
+        images = [f for f in list_folder(hr_dir, storage_options, missing_ok=True) if is_image_name(f)]
         if not images:
             raise BenchmarkDataError(f"no HR images in {redact_url(hr_dir)}")
         sets[name] = [

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dukd_ray.image.geometry import D4, apply_geometry, undo_geometry
+
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -48,31 +50,15 @@ class InferenceOptions:
         return torch.bfloat16 if self.amp else None
 
 
-# The 8 symmetries of the square as (transpose, flip_h, flip_w).
-_D4 = [(t, fh, fw) for t in (False, True) for fh in (False, True) for fw in (False, True)]
-
-
-def _apply(x: torch.Tensor, transpose: bool, flip_h: bool, flip_w: bool) -> torch.Tensor:
-    dims = [d for d, on in ((-2, flip_h), (-1, flip_w)) if on]
-    x = x.flip(dims) if dims else x
-    return x.transpose(-2, -1) if transpose else x
-
-
-def _invert(y: torch.Tensor, transpose: bool, flip_h: bool, flip_w: bool) -> torch.Tensor:
-    y = y.transpose(-2, -1) if transpose else y
-    dims = [d for d, on in ((-2, flip_h), (-1, flip_w)) if on]
-    return y.flip(dims) if dims else y
-
-
 def ensemble_x8(forward: Forward) -> Forward:
     """x8 geometric self-ensemble: run the 8 flip/transpose variants, undo each, average."""
 
     def run(x: torch.Tensor) -> torch.Tensor:
         total = None
-        for op in _D4:
-            y = _invert(forward(_apply(x, *op)), *op).float()
+        for ops in D4:
+            y = undo_geometry(forward(apply_geometry(x, ops)), ops).float()
             total = y if total is None else total + y
-        return total / len(_D4)
+        return total / len(D4)
 
     return run
 

@@ -10,41 +10,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+
+from dukd_ray.image.convert import Image, to_uint8_hwc
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 _SSIM_C1 = (0.01 * 255) ** 2
 _SSIM_C2 = (0.03 * 255) ** 2
 _SSIM_SIZE, _SSIM_SIGMA = 11, 1.5
-
-Image = np.ndarray | torch.Tensor
-
-
-def to_float_tensor(
-    img: np.ndarray, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """RGB uint8 HWC -> float (1, 3, H, W) in [0, 1]: the model-input side of `to_uint8_hwc`."""
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].to(device=device, dtype=dtype) / 255.0
-
-
-def to_uint8_hwc(img: Image, what: str = "image") -> np.ndarray:
-    """An RGB uint8 HWC array from uint8 HWC numpy or a float (C, H, W) / (1, C, H, W) tensor in [0, 1]."""
-    if isinstance(img, torch.Tensor):
-        t = img.detach()
-        if t.ndim == 4 and t.shape[0] == 1:
-            t = t[0]
-        if t.ndim != 3 or not t.is_floating_point():
-            raise ValueError(
-                f"{what}: expected a float (C, H, W) tensor, got dtype={t.dtype} shape={tuple(t.shape)}"
-            )
-        t = (t.double().clamp(0, 1) * 255.0).round().to(torch.uint8)
-        return t.permute(1, 2, 0).cpu().numpy()
-    if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3:
-        return img
-    raise ValueError(
-        f"{what}: expected an RGB uint8 HWC numpy array or a float CHW tensor in [0, 1], "
-        f"got {type(img).__name__} dtype={getattr(img, 'dtype', None)} shape={getattr(img, 'shape', None)}"
-    )
 
 
 def rgb_to_y(img: np.ndarray) -> np.ndarray:

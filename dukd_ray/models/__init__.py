@@ -1,5 +1,6 @@
 """SR architectures with BasicSR's key names, presets, and checkpoint I/O (official and BasicSR layouts)."""
 
+from dukd_ray.models.blocks import SUPPORTED_SCALES
 from dukd_ray.models.checkpoint import (
     CheckpointError,
     LoadReport,
@@ -14,6 +15,7 @@ __all__ = [
     "ARCHS",
     "PRESETS",
     "PRESET_NAMES",
+    "SUPPORTED_SCALES",
     "CheckpointError",
     "LoadReport",
     "arch_defaults",

@@ -22,9 +22,9 @@ from torch import nn
 from dukd_ray.models.rcan import RCAN
 from dukd_ray.models.registry import build_arch
 from dukd_ray.models.swinir import DERIVED_BUFFERS
+from dukd_ray.models.wrappers import strip_wrapper_prefixes, unwrap
 from dukd_ray.storage import read_bytes, redact_url, write_bytes_atomic
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
 STATE_DICT_ENTRIES = ("params_ema", "params", "state_dict")  # BasicSR prefers the EMA weights
 SHOW_KEYS = 5  # how many key names an error lists per category
 
@@ -85,7 +85,7 @@ def load_pretrained(
     (e.g. an x4 student initialised from an x2 one: all but the upsampler).
     """
     obj = _read_checkpoint(path_or_url, storage_options)
-    return _load_into(_unwrap(model), obj, redact_url(path_or_url), strict)
+    return _load_into(unwrap(model), obj, redact_url(path_or_url), strict)
 
 
 def save_weights(
@@ -200,15 +200,6 @@ def _extract_state(obj: dict[str, Any], source: str) -> tuple[dict[str, torch.Te
     )
 
 
-def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        while key.startswith(WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
-    return out
-
-
 def _rcan_original_to_basicsr(
     state: dict[str, torch.Tensor], num_group: int, num_block: int
 ) -> dict[str, torch.Tensor]:
@@ -246,7 +237,7 @@ def _rcan_original_to_basicsr(
 
 def _load_into(model: nn.Module, obj: dict[str, Any], source: str, strict: bool) -> LoadReport:
     state, entry = _extract_state(obj, source)
-    state = _strip_wrappers(state)
+    state = strip_wrapper_prefixes(state)
     layout = "basicsr"
     if isinstance(model, RCAN) and "head.0.weight" in state:
         layout = "rcan-original"
@@ -277,18 +268,7 @@ def _load_into(model: nn.Module, obj: dict[str, Any], source: str, strict: bool)
     return report
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The arch inside DDP / DataParallel / torch.compile wrappers (their keys carry a prefix)."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def _cpu_state(params: Mapping[str, torch.Tensor] | nn.Module) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU copies with wrapper prefixes removed (safetensors refuses shared storage)."""
-    state = _unwrap(params).state_dict() if isinstance(params, nn.Module) else params
-    return _strip_wrappers({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()})
+    state = unwrap(params).state_dict() if isinstance(params, nn.Module) else params
+    return strip_wrapper_prefixes({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()})

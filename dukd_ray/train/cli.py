@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dukd_ray.distill import METHODS, DistillConfig
+from dukd_ray.models import ARCHS, SUPPORTED_SCALES
 from dukd_ray.storage import redact_url
 from dukd_ray.train.config import ConfigError, JobConfig, parse_overrides
 from dukd_ray.train.preflight import InputError
@@ -90,8 +91,8 @@ def main_teacher(argv: Sequence[str] | None = None) -> TrainResult:
 
 def teacher_parser() -> argparse.ArgumentParser:
     parser = build_parser("Train a teacher from scratch on Ray Train (for custom data or missing weights).")
-    parser.add_argument("--arch", required=True, choices=("edsr", "rcan", "swinir"))
-    parser.add_argument("--scale", required=True, type=int, choices=(2, 3, 4))
+    parser.add_argument("--arch", required=True, choices=list(ARCHS))
+    parser.add_argument("--scale", required=True, type=int, choices=SUPPORTED_SCALES)
     return parser
 
 
@@ -114,5 +115,7 @@ def _run(parser: argparse.ArgumentParser, config: Any) -> TrainResult:
     psnr, where = result.metrics["val_psnr"], redact_url(result.run_url)
     print(f"[dukd] done: {result.step} steps, val_psnr {psnr:.2f} dB (EMA weights) in {where}")
     print(f"[dukd] weights: {redact_url(result.weights_url)}, {redact_url(result.safetensors_url)}")
-    print(f"[dukd] report: {redact_url(result.report_url)}  tensorboard: {redact_url(result.tensorboard_url)}")
+    print(
+        f"[dukd] report: {redact_url(result.report_url)}  tensorboard: {redact_url(result.tensorboard_url)}"
+    )
     return result

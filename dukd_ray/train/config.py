@@ -20,12 +20,12 @@ from typing import Any
 import yaml
 
 from dukd_ray.distill.config import DistillConfig
+from dukd_ray.models.blocks import SUPPORTED_SCALES
 from dukd_ray.models.presets import PRESET_NAMES
 from dukd_ray.models.registry import ARCHS
 from dukd_ray.storage import join, read_bytes, redact_url
 
-SCALES = (2, 3, 4)
-PRESETS = tuple(f"{arch}_x{scale}" for arch in ("edsr", "rcan", "swinir") for scale in SCALES)
+PRESETS = tuple(f"{arch}_x{scale}" for arch in ARCHS for scale in SUPPORTED_SCALES)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -213,7 +213,8 @@ class JobConfig:
         """Cross-field checks (types were checked by `from_dict`); returns self."""
         m, d, t, r = self.model, self.data, self.train, self.run
         _check(m.arch in ARCHS, "model.arch", m.arch, f"one of {', '.join(ARCHS)}")
-        _check(m.scale in SCALES, "model.scale", m.scale, "2, 3 or 4")
+        *most, last = SUPPORTED_SCALES
+        _check(m.scale in SUPPORTED_SCALES, "model.scale", m.scale, f"{', '.join(map(str, most))} or {last}")
         for key in ("teacher_preset", "student_preset"):
             _check(getattr(m, key) in PRESET_NAMES, f"model.{key}", getattr(m, key), f"one of {PRESET_NAMES}")
         _check(d.patch_size >= 4, "data.patch_size", d.patch_size, "an integer >= 4")

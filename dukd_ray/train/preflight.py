@@ -14,7 +14,7 @@ from dukd_ray.data import build_train_stream
 from dukd_ray.data.samples import default_sample_data
 from dukd_ray.eval.benchmark import list_sets, load_benchmark_sets
 from dukd_ray.models import build_arch, load_pretrained
-from dukd_ray.storage import StorageError, exists, redact_url
+from dukd_ray.storage import StorageError, exists, is_local, redact_url
 from dukd_ray.train.config import JobConfig
 
 
@@ -98,7 +98,3 @@ def _guard(key: str, url: str, fn: Any) -> Any:
         return fn()
     except (ValueError, OSError, StorageError, KeyError, RuntimeError) as e:
         raise InputError(f"{key} ({redact_url(url)}): {type(e).__name__}: {e}") from None
-
-
-def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")

@@ -20,6 +20,7 @@ import yaml  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dukd_ray.eval.cost import ModelCost, cost_ratios  # noqa: E402
+from dukd_ray.eval.setnames import set_aliases  # noqa: E402
 from dukd_ray.report import Report  # noqa: E402
 
 # docs/distill.md's published results: Y-PSNR (dB), x4, for the full-size teacher/student presets
@@ -40,7 +41,6 @@ PAPER_X4: dict[str, list[tuple[str, dict[str, float]]]] = {
         ("SwinIR student DUKD (paper)", {"Urban100": 26.43}),
     ],
 }
-_SET_ALIASES = {"B100": "BSD100", "BSDS100": "BSD100"}
 _LEGEND_MAX = 12  # more curves than this: a legend would hide the plot
 
 
@@ -50,7 +50,7 @@ def paper_rows(arch: str, scale: int, presets: tuple[str, str], sets: Sequence[s
         return []
     rows = []
     for label, values in PAPER_X4.get(arch, []):
-        cells = [values.get(_SET_ALIASES.get(s, s)) for s in sets]
+        cells = [next((values[n] for n in set_aliases(s) if n in values), None) for s in sets]
         if any(c is not None for c in cells):
             rows.append([label, *(f"{c:.2f}" if c is not None else "—" for c in cells)])
     return rows

@@ -16,12 +16,12 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from dukd_ray.storage import get_fs, join
+from dukd_ray.storage import get_fs, is_local, join
 from dukd_ray.train.checkpoint import HISTORY
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.faults import Fault
 from dukd_ray.train.loop import train_loop_per_worker
-from dukd_ray.train.preflight import check_inputs, is_local, resolve
+from dukd_ray.train.preflight import check_inputs, resolve
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from importlib import resources
 from typing import Any
 
 from dukd_ray import storage
+from dukd_ray.storage import is_local
 from dukd_ray.train import trainer
 from dukd_ray.train.config import SECTIONS, JobConfig
-from dukd_ray.train.preflight import is_local
 from dukd_ray.tune import pbt, results
 from dukd_ray.tune.space import PAPER_POINT, SearchSpace, SpaceError, check_values, parse_space
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dukd_ray.storage import read_bytes, redact_url, write_bytes_atomic
+from dukd_ray.storage import basename, read_bytes, redact_url, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 _converted_modes_said: set[str] = set()
@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 def is_image_name(path: str) -> bool:
     """An image suffix and not a hidden file (macOS `._name.png` resource forks are not images)."""
-    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    name = basename(path)
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
