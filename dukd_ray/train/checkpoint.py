@@ -32,7 +32,7 @@ import ray.train
 import torch
 from torch import nn
 
-from dukd_ray.storage import get_fs, with_retries
+from dukd_ray.storage import basename, get_fs, list_folder, with_retries
 from dukd_ray.train.collective import all_gather
 from dukd_ray.train.state import PER_RANK, SHARED, TrainState
 
@@ -160,11 +160,8 @@ def latest_complete_checkpoint(
 ) -> tuple[int, Any, str, dict[str, Any]] | None:
     """(step, filesystem, path, meta) of the newest checkpoint folder whose files all have their sizes."""
     fs, run_path = get_fs(run_url, storage_options)
-    try:
-        entries = with_retries(lambda: fs.ls(run_path, detail=False), run_url)
-    except FileNotFoundError:
-        return None
-    folders = sorted(((_step_of(e), e.rstrip("/")) for e in entries), reverse=True)
+    names = list_folder(run_url, storage_options, folders=True, missing_ok=True)
+    folders = sorted(((_step_of(n), f"{run_path.rstrip('/')}/{n}") for n in names), reverse=True)
     for step, path in folders:
         if step < 0:
             continue
@@ -178,7 +175,7 @@ def latest_complete_checkpoint(
 
 
 def _step_of(path: str) -> int:
-    match = _CHECKPOINT_RE.fullmatch(path.rstrip("/").rsplit("/", 1)[-1])
+    match = _CHECKPOINT_RE.fullmatch(basename(path))
     return int(match.group(1)) if match else -1
 
 
