@@ -1,7 +1,8 @@
 """Tiny real sweeps: Ray Tune driving one Ray Train run per trial on the embedded sample data.
 
-Each trial is the `--tiny` EDSR x4 job for 6 steps, validating every 2, with a tiny (untrained) teacher
-made here. Trials run one at a time (`--max-concurrent 1`) so the order ASHA sees them in is fixed.
+Each trial is the `--tiny` EDSR x4 job for 6 steps, validating every 2 (in the resume test only once, at
+the last step: a sweep shorter than one validation interval), with a tiny (untrained) teacher made here.
+Trials run one at a time (`--max-concurrent 1`) so the order ASHA sees them in is fixed.
 """
 
 from __future__ import annotations
@@ -129,9 +130,12 @@ class InterruptAfterFirstTrial(tune.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, job_args, tmp_path):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, job_args, tmp_path, caplog):
     space = _write(tmp_path / "space.yaml", "space:\n  w_kd: {grid: [1.0, 0.5]}\n")
-    argv = [*job_args, "--space", space, "--num-samples", "1", "--scheduler", "fifo"]
+    # also a sweep shorter than one validation interval (the --tiny preset's 25 steps), with ASHA's
+    # default grace period: each trial validates once, at its last step, and runs to the end
+    argv = [*job_args, "--set", "train.val_every=25", "--set", "train.ckpt_every=50"]
+    argv += ["--space", space, "--num-samples", "1", "--scheduler", "asha"]
     argv += ["--storage", str(tmp_path / "sweeps"), "--name", "resumable"]
     spec = cli.spec_from_args(cli.build_sweep_parser().parse_args(argv))
 
@@ -159,6 +163,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
     assert len(resumed.records) == 2
     assert all(r.status == "terminated" and r.steps_run == MAX_STEPS for r in resumed.records)
     assert {r.params["distill.w_kd"] for r in resumed.records} == {1.0, 0.5}
+    assert all([step for step, _ in r.history] == [MAX_STEPS] for r in resumed.records)
+    assert f"--max-steps {MAX_STEPS} is below one validation interval (train.val_every=25)" in caplog.text
     # the finished trial was not run again: its results and its Train run are untouched
     assert (exp / finished / "result.json").read_bytes() == results_before
     assert sorted(p.name for p in (exp / "train_runs" / finished).iterdir()) == run_files_before

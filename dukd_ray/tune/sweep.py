@@ -42,6 +42,8 @@ METRIC, MODE, TIME_ATTR = "val_psnr", "max", "step"
 SPEC_FILE = "sweep.json"
 TRAIN_RUNS = "train_runs"
 SUMMARY = "summary"
+# the same for every trial: the schedulers compare trials at the same steps
+SCHEDULE_KEYS = ("train.max_steps", "train.val_every", "train.ckpt_every")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # A trial's function only drives its TorchTrainer (the workers reserve CPUs/GPUs through the
 # ScalingConfig); Tune refuses a zero request ("empty head and zero worker bundles").
@@ -159,6 +161,16 @@ def prepare(spec: SweepSpec) -> tuple[JobConfig, SearchSpace, list[dict[str, Any
     space = parse_space(spec.space_text, FIELDS, source=spec.space_source)
     check_values(space, lambda values: JobConfig.from_dict(values, base=base))
     base = JobConfig.from_dict(space.constants, base=base)
+    searched = [k for k in SCHEDULE_KEYS if k in space.keys]
+    if searched:
+        raise SweepError(
+            f"{space.source}: {searched[0]} cannot be searched: every trial of a sweep shares one schedule "
+            f"(set it with --max-steps or --set {searched[0]}=N)"
+        )
+    schedule = _schedule(spec, base)
+    if schedule.note:
+        log.warning(schedule.note)
+    base.train.val_every, base.train.ckpt_every = schedule.val_every, schedule.ckpt_every
     points = resolve_start(space, base)
     if spec.search == "optuna" and space.has_grid:
         raise SweepError(f"{space.source}: 'grid' cannot be used with --search optuna (use 'choice')")
@@ -325,17 +337,102 @@ def _trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """When a sweep's trials validate and checkpoint, and the Tune scheduler that acts on their reports."""
+
+    scheduler: str  # the scheduler to build: "asha", "pbt" or "fifo"
+    val_every: int
+    ckpt_every: int
+    max_t: int | None = None  # ASHA: its last rung, the last validation before a trial's last step
+    grace_period: int | None = None  # ASHA
+    perturbation_interval: int | None = None  # PBT
+    note: str | None = None  # one line saying what was changed for the trials; None: nothing
+
+
+def resolve_schedule(
+    scheduler: str, max_steps: int, val_every: int, ckpt_every: int, grace_period: int | None = None
+) -> Schedule:
+    """The schedule a sweep's trials follow, from the job config's and the sweep's settings.
+
+    A trial reports to Tune only when it validates: every `val_every` steps and at its last step
+    (`max_steps`), with a checkpoint every `ckpt_every` steps and at the last step. So ASHA's rungs and
+    PBT's perturbations happen at validations only. A validation interval longer than the run is
+    clamped to it (checkpoints too: `ckpt_every` stays a multiple of `val_every`). ASHA's rungs end at
+    the last validation before the last step: a trial stopped at its last report would be stopped while
+    its Train run writes its exports and report. With no validation before the last step, ASHA has
+    nothing to stop a trial at and the trials run as with FIFO. PBT clones checkpoints taken before the
+    last step, so it checkpoints at every validation when `ckpt_every` leaves none. SweepError (one
+    line naming the flags) for what cannot work.
+    """
+    m, v, c, g = max_steps, val_every, ckpt_every, grace_period
+    if g is not None and scheduler != "asha":
+        raise SweepError(f"--grace-period is an ASHA setting; --scheduler {scheduler} has no grace period")
+    notes = []
+    if v > m:
+        notes.append(
+            f"--max-steps {m} is below one validation interval (train.val_every={v}): "
+            f"validating and checkpointing every {m} steps"
+        )
+        v = c = m
+    last_before_end = v * ((m - 1) // v)  # 0: a trial validates at its last step only
+    fix = (
+        f"--set train.val_every=N --set train.ckpt_every=N with N < {m}" if m > 1 else "a larger --max-steps"
+    )
+    only_last = (
+        f"with --max-steps {m} and train.val_every={val_every} a trial validates only at its last step"
+    )
+    if scheduler == "pbt":
+        if not last_before_end:
+            raise SweepError(f"--scheduler pbt: {only_last}, so PBT has no checkpoint to clone; use {fix}")
+        if c >= m:
+            notes.append(
+                f"PBT clones checkpoints taken before a trial's last step: checkpointing at every validation "
+                f"(train.ckpt_every={v} instead of {c})"
+            )
+            c = v
+        return Schedule("pbt", v, c, perturbation_interval=c, note=_note(notes))
+    if scheduler == "asha":
+        if g is not None and not last_before_end:
+            raise SweepError(
+                f"--grace-period {g}: {only_last}, so ASHA can stop none early; "
+                f"drop --grace-period or use {fix}"
+            )
+        if g is not None and g > last_before_end:
+            raise SweepError(
+                f"--grace-period {g} is past a trial's last validation before its last step (step "
+                f"{last_before_end}: --max-steps {m}, train.val_every={v}); use --grace-period "
+                f"{last_before_end} or less"
+            )
+        if last_before_end:
+            return Schedule("asha", v, c, max_t=last_before_end, grace_period=g or v, note=_note(notes))
+        notes.append(
+            f"ASHA has no validation before a trial's last step to stop it at: every trial runs {m} steps"
+        )
+    return Schedule("fifo", v, c, note=_note(notes))
+
+
+def _note(parts: list[str]) -> str | None:
+    return f"[dukd] {'; '.join(parts)}" if parts else None
+
+
+def _schedule(spec: SweepSpec, base: JobConfig) -> Schedule:
+    t = base.train
+    return resolve_schedule(spec.scheduler, t.max_steps, t.val_every, t.ckpt_every, spec.grace_period)
+
+
 def _scheduler(spec: SweepSpec, base: JobConfig, space: SearchSpace) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if spec.scheduler == "fifo":
+    schedule = _schedule(spec, base)  # base is prepare()'s: its schedule is already resolved
+    if schedule.scheduler == "fifo":
         return FIFOScheduler()
-    if spec.scheduler == "pbt":
-        return pbt.scheduler(space.to_tune(), perturbation_interval=base.train.ckpt_every)
+    if schedule.scheduler == "pbt":
+        return pbt.scheduler(space.to_tune(), perturbation_interval=schedule.perturbation_interval)
     return ASHAScheduler(
         time_attr=TIME_ATTR,
-        max_t=base.train.max_steps,
-        grace_period=spec.grace_period or base.train.val_every,
+        max_t=schedule.max_t,
+        grace_period=schedule.grace_period,
         reduction_factor=spec.reduction_factor,
         # a trial reaching max_t ends by itself (its Train run then writes the exports and report);
         # stopping it at its last report would kill that run mid-way
