@@ -1,13 +1,21 @@
 """One way to reach storage: every path is an fsspec URL (local path, file://, s3://, gs://, ...).
 
-Why a module: retries with backoff for flaky object stores, atomic writes (a reader never sees
-half an object), and URL redaction so credentials never reach a log or an error message.
+Why a module: one retry policy and one deadline for every storage call, atomic writes (a reader
+never sees half an object), and URL redaction so credentials never reach a log or an error message.
+
+Retries happen once, in the layer that knows the protocol: on S3, botocore's "standard" mode retries
+what fails at the HTTP level (5xx, SlowDown, resets, connect and read timeouts) and s3fs re-issues a
+request whose body was cut mid-way; gcsfs and adlfs have their own. This module adds a retry loop
+only where fsspec has none (HTTP), and bounds every call it makes by a total deadline
+(`DUKD_STORAGE_TIMEOUT`, seconds), so an endpoint that accepts connections and never answers fails
+with one line instead of hanging a job.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -24,8 +32,49 @@ _SECRET_QUERY = re.compile(
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
 
 
+try:  # s3fs's dependency: its exceptions are classified by type, not by name
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    _BOTO_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
+except ImportError:  # pragma: no cover - botocore comes with s3fs, a required dependency
+    _BOTO_ERRORS = ()
+
+# Per attempt on S3: connect and read timeouts (s), and botocore's attempts for HTTP-level failures.
+S3_CONFIG: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 20,
+    "retries": {"mode": "standard", "total_max_attempts": 3},
+}
+S3_BODY_ATTEMPTS = 3  # s3fs's own attempts at a request whose response body was cut mid-way
+TIMEOUT_ENV = "DUKD_STORAGE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 120.0  # total, per call of this module, retries included; 0 = no deadline
+_OWN_RETRIES = ("http://", "https://")  # fsspec's HTTP filesystem retries nothing itself
+
+
 class StorageError(RuntimeError):
     """Storage could not be reached or an object is missing; the message names the (redacted) URL."""
+
+
+def storage_timeout() -> float | None:
+    """The total deadline of one storage call, from `DUKD_STORAGE_TIMEOUT` (None: no deadline)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise StorageError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds (0 = no deadline)") from None
+    if value < 0:
+        raise StorageError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds >= 0 (0 = no deadline)")
+    return value or None
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that carries credentials: they would reach logs, run folders and the Ray dashboard."""
+    if _USERINFO.match(str(url)):
+        raise StorageError(
+            f"{redact_url(url)}: credentials in a URL are refused (they would be printed and stored with "
+            "the run); put them in the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), an AWS "
+            "profile, or the nodes' instance role"
+        )
 
 
 def redact_url(url: str) -> str:
@@ -41,7 +90,7 @@ def storage_options_from_env(url: str) -> dict[str, Any]:
     profiles; we only add the endpoint so MinIO/moto/Ceph work with plain `s3://` URLs.
     """
     opts: dict[str, Any] = {}
-    if str(url).startswith(("s3://", "s3a://")):
+    if _is_s3(url):
         endpoint = (
             os.environ.get("DUKD_S3_ENDPOINT_URL")
             or os.environ.get("AWS_ENDPOINT_URL_S3")
@@ -53,9 +102,24 @@ def storage_options_from_env(url: str) -> dict[str, Any]:
 
 
 def get_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and the in-filesystem path of `url` (options: explicit > environment)."""
+    """The filesystem and the in-filesystem path of `url` (options: explicit > environment > defaults).
+
+    S3 gets bounded timeouts and botocore's standard retry mode (`S3_CONFIG`); any of it can be
+    overridden through `config_kwargs` in the storage options.
+    """
+    check_url(url)
     opts = {**storage_options_from_env(url), **(storage_options or {})}
-    return url_to_fs(str(url), **opts)
+    s3 = _is_s3(url)
+    if s3:
+        opts["config_kwargs"] = {**S3_CONFIG, **(opts.get("config_kwargs") or {})}
+    fs, path = url_to_fs(str(url), **opts)
+    if s3:
+        fs.retries = S3_BODY_ATTEMPTS
+    return fs, path
+
+
+def _is_s3(url: str) -> bool:
+    return str(url).startswith(("s3://", "s3a://"))
 
 
 def is_local(url: str) -> bool:
@@ -77,31 +141,52 @@ def join(url: str, *parts: str) -> str:
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 0.5) -> T:
-    """Run `fn` with exponential backoff on transient errors; raise StorageError naming `what`.
+    """Run one storage call under the total deadline; raise StorageError naming `what` if it fails.
 
-    Missing objects and refused credentials are not transient: they fail at once.
+    `what` is the URL the call touches. Only where fsspec retries nothing (HTTP) is the call retried
+    here, with exponential backoff; object stores retry in their own client (see the module doc).
+    Missing objects and refused credentials fail at once, whatever the protocol.
     """
+    tries = attempts if str(what).startswith(_OWN_RETRIES) else 1
     last: BaseException | None = None
-    for i in range(attempts):
+    for i in range(tries):
         try:
-            return fn()
+            return _within_deadline(fn)
         except PermissionError as e:
             raise _access_denied(what, e) from None
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError):
             raise
-        except (OSError, TimeoutError, ConnectionError) as e:  # network, throttling, 5xx
+        except (OSError, TimeoutError, ConnectionError, *_BOTO_ERRORS) as e:
             last = e
-            if i + 1 < attempts:
+            if i + 1 < tries:
                 time.sleep(base_delay * 2**i)
-        except Exception as e:  # botocore raises its own hierarchy for auth/endpoint errors
-            name = type(e).__name__
-            if "Credential" in name or "Endpoint" in name or "ClientError" in name:
-                raise StorageError(f"cannot access {redact_url(what)}: {name}: {_redact_msg(e)}") from None
-            raise
+    after = f" after {tries} attempts" if tries > 1 else ""
     raise StorageError(
-        f"cannot access {redact_url(what)} after {attempts} attempts: "
-        f"{type(last).__name__}: {_redact_msg(last)}"
+        f"cannot access {redact_url(what)}{after}: {type(last).__name__}: {_redact_msg(last)}"
     ) from None
+
+
+def _within_deadline(fn: Callable[[], T]) -> T:
+    """`fn()`, or TimeoutError once `storage_timeout()` has passed (the call is left to finish unseen)."""
+    limit = storage_timeout()
+    if limit is None:
+        return fn()
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread as it is
+            outcome["error"] = e
+
+    worker = threading.Thread(target=call, name="dukd-storage-call", daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {limit:g} s (the total deadline, {TIMEOUT_ENV})")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _redact_msg(e: BaseException | None) -> str:
