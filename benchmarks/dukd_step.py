@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dukd_ray.distill import DistillConfig, apply_ops, freeze_teacher, train_step, zoom_in_cells
+from dukd_ray.distill import DistillConfig, apply_ops, freeze_teacher, recipe, train_step, zoom_in_cells
 from dukd_ray.distill.augment import draw_flags
 from dukd_ray.distill.upcycle import draw_cells
 from dukd_ray.image.resize import imresize
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     freeze_teacher(teacher)
     hr = torch.rand(batch_size, 3, SCALE * patch, SCALE * patch, generator=torch.Generator().manual_seed(0))
     batch = {"lr": imresize(hr, 1 / SCALE).to(device), "hr": hr.to(device)}
-    cfg = DistillConfig.paper("edsr", SCALE)
+    cfg = recipe("edsr", SCALE, "dukd").distill
     ours_opt = torch.optim.Adam(student.parameters(), 1e-4, betas=(0.9, 0.99))
     ref_opt = torch.optim.Adam(ref_student.parameters(), 1e-4, betas=(0.9, 0.99))
     ours_gen, ref_gen = torch.Generator().manual_seed(10), torch.Generator().manual_seed(10)

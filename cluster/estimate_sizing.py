@@ -9,7 +9,7 @@ assumptions below. Run it to reproduce the tables in docs/cluster.md:
     python cluster/estimate_sizing.py --json          # the same numbers, machine-readable
     python cluster/estimate_sizing.py --mfu 0.2       # your own achieved fraction of peak
 
-What one DUKD iteration costs per GPU (docs/distill.md; the paper's row from `DistillConfig.paper`):
+What one DUKD iteration costs per GPU (docs/distill.md; the paper's row from the `dukd` recipe):
   teacher forward (no grad) on x (B LR patches), on the zoom-in cells z (n_gt_sub*B patches of p px)
   and, when the row has zoom-out, on x_down (B patches of p//s px);
   student forward + backward on the same three inputs (counted, not assumed: about 3x the forward).
@@ -30,7 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from dukd_ray.distill import DistillConfig
+from dukd_ray.distill import recipe
 from dukd_ray.models import ARCHS, build_arch
 
 PAPER_ITERATIONS = 250_000
@@ -143,7 +143,7 @@ def iteration_cost(
 
     `presets` names the (teacher, student) model sizes; the tiny ones make a quick check of the counting.
     """
-    cfg = DistillConfig.paper(arch, scale)
+    cfg = recipe(arch, scale, "dukd").distill
     teacher, student = (_meta_model(arch, scale, preset) for preset in presets)
     # (input side, number of patches) for x, the zoom-in cells z and, if used, x_down
     passes = [(patch, batch), (patch, cfg.n_gt_sub * batch)]

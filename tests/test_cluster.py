@@ -32,7 +32,7 @@ from ray.runtime_env import RuntimeEnv
 import dukd_ray.train.cli
 import dukd_ray.tune.cli  # noqa: F401  (JOB_RUNNERS patches it through sys.modules)
 from dukd_ray.data.shards import RecordInfo
-from dukd_ray.distill import DistillConfig
+from dukd_ray.distill import recipe
 from dukd_ray.models import build_arch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,7 +303,7 @@ def test_iteration_cost_follows_the_dukd_iteration(sizing: Any, arch: str) -> No
     cost = sizing.iteration_cost(
         arch, scale, batch=batch, patch=patch, presets=("tiny_teacher", "tiny_student")
     )
-    paper = DistillConfig.paper(arch, scale)
+    paper = recipe(arch, scale, "dukd").distill
     assert (cost.n_gt_sub, cost.zoom_out) == (paper.n_gt_sub, paper.zoom_out)
     with torch.device("meta"):
         teacher, student = build_arch(arch, scale, "tiny_teacher"), build_arch(arch, scale, "tiny_student")

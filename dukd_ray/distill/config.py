@@ -1,8 +1,9 @@
 """`DistillConfig`: which objective to train and its knobs, validated when built.
 
-One dataclass for all three methods so a job file or a Tune search space can switch `method` without
+One dataclass for every method so a job file or a Tune search space can switch `method` without
 changing shape. Values are checked in `__post_init__` (fail before Ray starts); `n_gt_sub <= scale**2`
-is checked where the scale is known (`check_scale`, called by `paper()` and by every training step).
+is checked where the scale is known (`check_scale`, called by every recipe and every training step).
+Each method's published settings are its recipe (`dukd_ray.distill.recipes`), not these defaults.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class DistillConfig:
 
     `w_zoom_in` / `w_zoom_out` multiply the whole L_zi / L_zo terms (1.0 = the paper). `lc_ops` is any
     subset of `invert, flip_h, flip_w, transpose`, stored in that canonical order. `scratch` uses none of
-    the weights (its loss is plain L1, as in the paper); `kd` uses `w_pix` and `w_kd` only.
+    the weights (its loss is plain L1, as in the paper); `kd` uses `w_pix` and `w_kd` only; `fakd` adds
+    `w_feat` times the affinity loss at the modules named in `fakd_taps`. `reference_compat` computes what
+    the reference code computes where it is wrong (docs/distill.md, "Reference-compatible mode").
     """
 
     method: str = "dukd"
@@ -40,6 +43,9 @@ class DistillConfig:
     lc_ops: tuple[str, ...] = field(default=LC_OPS)
     lc_prob: float = 0.3
     step_mode: str = "paper"
+    w_feat: float = 10.0
+    fakd_taps: tuple[str, ...] = ()
+    reference_compat: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -48,14 +54,20 @@ class DistillConfig:
             )
         if self.step_mode not in STEP_MODES:
             raise ValueError(f"distill.step_mode: expected one of {list(STEP_MODES)}, got {self.step_mode!r}")
-        for name in ("w_pix", "w_kd", "w_zoom_in", "w_zoom_out"):
+        for name in ("w_pix", "w_kd", "w_zoom_in", "w_zoom_out", "w_feat"):
             setattr(self, name, _non_negative_float(name, getattr(self, name)))
-        for name in ("zoom_in", "zoom_out", "label_consistency"):
+        for name in ("zoom_in", "zoom_out", "label_consistency", "reference_compat"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"distill.{name}: expected true or false, got {getattr(self, name)!r}")
         if isinstance(self.n_gt_sub, bool) or not isinstance(self.n_gt_sub, int) or self.n_gt_sub < 1:
             raise ValueError(f"distill.n_gt_sub: expected an integer >= 1, got {self.n_gt_sub!r}")
         self.lc_ops = _canonical_ops(self.lc_ops)
+        self.fakd_taps = _tap_names(self.fakd_taps)
+        if self.method == "fakd" and not self.fakd_taps:
+            raise ValueError(
+                "distill.fakd_taps: method 'fakd' needs the module names to tap, e.g. "
+                "[conv_first, body.10, body.21, conv_after_body] (the recipe sets them: use --method fakd)"
+            )
         prob = self.lc_prob
         if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
             raise ValueError(f"distill.lc_prob: expected a probability in [0, 1], got {prob!r}")
@@ -75,28 +87,6 @@ class DistillConfig:
             )
 
     @classmethod
-    def paper(cls, arch: str, scale: int) -> DistillConfig:
-        """The paper's DUKD settings for `arch` (edsr|rcan|swinir) at `scale` (2|3|4), `paper` step mode."""
-        key = (arch.lower(), scale)
-        if key not in _PAPER_ROWS:
-            known = sorted({a for a, _ in _PAPER_ROWS})
-            raise ValueError(
-                f"no paper DUKD config for arch={arch!r} scale={scale!r}; archs {known}, scales 2|3|4"
-            )
-        w_pix, n_gt_sub, zoom_out, label_consistency = _PAPER_ROWS[key]
-        cfg = cls(
-            method="dukd",
-            w_pix=w_pix,
-            w_kd=1.0,
-            n_gt_sub=n_gt_sub,
-            zoom_out=zoom_out,
-            label_consistency=label_consistency,
-            lc_prob=0.3,
-        )
-        cfg.check_scale(scale)
-        return cfg
-
-    @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DistillConfig:
         """Build from a YAML/JSON mapping; unknown keys are an error that lists the valid ones."""
         names = [f.name for f in dataclasses.fields(cls)]
@@ -109,19 +99,8 @@ class DistillConfig:
         """Plain YAML/JSON-ready values (`lc_ops` as a list); `from_dict(to_dict())` round-trips."""
         values = dataclasses.asdict(self)
         values["lc_ops"] = list(self.lc_ops)
+        values["fakd_taps"] = list(self.fakd_taps)
         return values
-
-
-# (arch, scale) -> (w_pix, n_gt_sub, zoom_out, label_consistency); w_kd is 1 and prob 0.3 in every row
-_PAPER_ROWS: dict[tuple[str, int], tuple[float, int, bool, bool]] = {
-    ("edsr", 2): (5.0, 2, True, True),
-    ("edsr", 3): (5.0, 1, True, True),
-    ("edsr", 4): (5.0, 1, True, True),
-    ("rcan", 2): (1.0, 1, False, False),
-    ("rcan", 3): (2.0, 1, True, True),
-    ("rcan", 4): (1.0, 1, False, False),
-    **{("swinir", s): (5.0, 1, False, True) for s in (2, 3, 4)},
-}
 
 
 def _non_negative_float(name: str, value: Any) -> float:
@@ -141,3 +120,12 @@ def _canonical_ops(ops: Iterable[str] | Any) -> tuple[str, ...]:
     if len(set(ops)) != len(ops):
         raise ValueError(f"distill.lc_ops: duplicate ops in {list(ops)}")
     return tuple(op for op in LC_OPS if op in ops)
+
+
+def _tap_names(taps: Iterable[str] | Any) -> tuple[str, ...]:
+    """Module names as `named_modules()` spells them, in the given order (checked against the nets)."""
+    if isinstance(taps, str) or not isinstance(taps, (list, tuple)):
+        raise ValueError(f"distill.fakd_taps: expected a list of module names, got {taps!r}")
+    if not all(isinstance(t, str) and t for t in taps) or len(set(taps)) != len(taps):
+        raise ValueError(f"distill.fakd_taps: expected distinct non-empty module names, got {list(taps)}")
+    return tuple(taps)

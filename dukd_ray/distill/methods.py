@@ -1,4 +1,4 @@
-"""The training objectives (`scratch`, `kd`, `dukd`) and the one-step function the trainer calls.
+"""The training objectives (`scratch`, `kd`, `fakd`, `dukd`) and the one-step function the trainer calls.
 
 Each method is a function registered by name in `METHODS`; `train_step` validates the batch, reads
 the scale from its shapes and runs the method, which performs its optimizer step(s) and returns the
@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dukd_ray.distill.augment import apply_ops, draw_flags, invert_ops
-from dukd_ray.distill.teacher import check_frozen
+from dukd_ray.distill.fakd import affinity, tapped
+from dukd_ray.distill.teacher import check_frozen, train_mode
 from dukd_ray.distill.upcycle import draw_cells, zoom_in_cells, zoom_out_input
 
 if TYPE_CHECKING:
@@ -52,8 +53,12 @@ class _Step:
             return self.student(x.contiguous(memory_format=self.memory_format)).float()
 
     def teacher_out(self, x: torch.Tensor) -> torch.Tensor:
-        """Teacher outputs are targets only: no graph is recorded (no teacher backward, no teacher grads)."""
-        with torch.no_grad(), self.autocast():
+        """Teacher outputs are targets only: no graph is recorded (no teacher backward, no teacher grads).
+
+        `reference_compat` runs it in train mode, as the reference does (only SwinIR's drop-path cares).
+        """
+        mode = train_mode(self.teacher) if self.cfg.reference_compat else contextlib.nullcontext()
+        with torch.no_grad(), self.autocast(), mode:
             return self.teacher(x.contiguous(memory_format=self.memory_format)).float()
 
 
@@ -87,8 +92,8 @@ def train_step(
     comes from `generator` (a CPU generator). Every network input (the batch and the upcycled inputs built
     from it) is laid out in `memory_format`: NHWC (the default) makes the convolutions (oneDNN on CPU, cuDNN
     under bf16) faster, the maths unchanged; measured on CPU (EDSR x4 f256/f64): teacher forward -10 %,
-    student forward+backward -20 %. Keys: `loss_pix`, `loss_kd`, `loss_zoom_in`, `loss_zoom_out`
-    (those the method and switches use, already weighted) and `loss`, their sum.
+    student forward+backward -20 %. Keys: `loss_pix`, `loss_kd`, `loss_feat`, `loss_zoom_in`,
+    `loss_zoom_out` (those the method and switches use, already weighted) and `loss`, their sum.
     """
     lr, hr = batch["lr"], batch["hr"]
     scale = _scale_of(lr, hr)
@@ -123,6 +128,25 @@ def _kd(step: _Step) -> Losses:
     return terms
 
 
+@register("fakd")
+def _fakd(step: _Step) -> Losses:
+    """Step A plus w_feat * sum over taps of L1(A(f_S), A(f_T)), A the spatial affinity (fakd.affinity).
+
+    The feature term is trained; `reference_compat` detaches it, as the reference's does by accident
+    (its value is still logged and summed into `loss`).
+    """
+    taps = step.cfg.fakd_taps
+    with tapped(step.teacher, taps, "teacher") as t_feats:
+        t_lr = step.teacher_out(step.lr)
+    step.optimizer.zero_grad()
+    with tapped(step.student, taps, "student") as s_feats:
+        terms = _real_pair_terms(step, t_lr)
+    feat = sum(F.l1_loss(affinity(s), affinity(t)) for s, t in zip(s_feats, t_feats, strict=True))
+    terms["loss_feat"] = step.cfg.w_feat * (feat.detach() if step.cfg.reference_compat else feat)
+    _descend(step, terms)
+    return terms
+
+
 @register("dukd")
 def _dukd(step: _Step) -> Losses:
     """Step A on the real pair, step B on the upcycled data (see docs/distill.md).
@@ -130,6 +154,8 @@ def _dukd(step: _Step) -> Losses:
     `paper`: zero_grad, backward A, step, backward B, step -- no zero_grad in between, so the second
     step applies grad(L_A) + grad(L_B), as the reference code does. `joint`: one step on L_A + L_B.
     Draws, every iteration whatever the switches: the cells, then the flags of every zoom-in sample.
+    `reference_compat` maps the student's zoom-in output back with the ops in forward order, as the
+    reference does (wrong exactly where transpose meets one flip: a 180-degree rotation).
     """
     cfg, lr, scale = step.cfg, step.lr, step.scale
     cells = draw_cells(scale, cfg.n_gt_sub, step.generator)
@@ -150,7 +176,8 @@ def _dukd(step: _Step) -> Losses:
         _descend(step, terms)  # step A; its gradient stays in .grad for step B
     upcycled: Losses = {}
     if zoom_in is not None:
-        s_zoom_in = invert_ops(step.student_out(apply_ops(zoom_in, flags)), flags)
+        back = apply_ops if cfg.reference_compat else invert_ops
+        s_zoom_in = back(step.student_out(apply_ops(zoom_in, flags)), flags)
         upcycled["loss_zoom_in"] = cfg.w_zoom_in * cfg.w_kd * F.l1_loss(s_zoom_in, t_zoom_in)
     if lr_down is not None:
         s_down = step.student_out(lr_down)

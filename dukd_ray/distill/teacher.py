@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from torch import nn
 
 from dukd_ray.models.wrappers import is_data_parallel
@@ -24,6 +27,16 @@ def check_frozen(model: nn.Module) -> None:
     _reject_wrapped(model)
     if model.training or any(p.requires_grad for p in model.parameters()):
         raise ValueError("the teacher must be frozen (eval mode, no grads): call freeze_teacher(teacher)")
+
+
+@contextlib.contextmanager
+def train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in train mode within the block, eval mode again after (reference-compatible teacher)."""
+    model.train()
+    try:
+        yield model
+    finally:
+        model.eval()
 
 
 def _reject_wrapped(model: nn.Module) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from dukd_ray.distill.config import DistillConfig
+from dukd_ray.distill.recipes import FAKD_TAPS, Recipe, recipe
 from dukd_ray.models.blocks import SUPPORTED_SCALES
 from dukd_ray.models.presets import PRESET_NAMES
 from dukd_ray.models.registry import ARCHS
@@ -44,7 +45,7 @@ class ModelSpec:
     teacher_kwargs: dict[str, Any] = field(default_factory=dict)
     student_kwargs: dict[str, Any] = field(default_factory=dict)
     teacher: str | None = None  # checkpoint URL; required by kd and dukd
-    student_init: str | None = None  # loaded non-strictly (the paper starts x3/x4 students from x2)
+    student_init: str | None = None  # loaded non-strictly (the reference starts EDSR x4 kd/dukd from x2)
 
 
 @dataclass
@@ -62,7 +63,7 @@ class DataSpec:
 
 @dataclass
 class TrainSpec:
-    """Optimisation and bookkeeping; defaults are the paper's (docs/distill.md)."""
+    """Optimisation and bookkeeping; presets take the schedule from their recipe (docs/distill.md)."""
 
     max_steps: int = 250_000
     lr: float = 1e-4
@@ -126,28 +127,44 @@ class JobConfig:
 
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
-    distill: DistillConfig = field(default_factory=lambda: DistillConfig.paper("edsr", 4))
+    distill: DistillConfig = field(default_factory=lambda: recipe("edsr", 4, "dukd").distill)
     train: TrainSpec = field(default_factory=TrainSpec)
     run: RunSpec = field(default_factory=RunSpec)
 
     @classmethod
-    def from_preset(cls, preset: str, tiny: bool = False) -> JobConfig:
-        """The paper's config for `preset` (e.g. "edsr_x4"); `tiny`: narrow nets, short patches, few steps."""
+    def from_preset(cls, preset: str, tiny: bool = False, method: str = "dukd") -> JobConfig:
+        """The reference's `method` recipe for `preset` (e.g. "edsr_x4"); `tiny`: narrow nets, short
+        patches, few steps (the recipe's objective and optimiser, a 100-step run)."""
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
         arch, scale = preset.split("_x")
-        cfg = cls(
-            model=ModelSpec(arch=arch, scale=int(scale)),
-            distill=DistillConfig.paper(arch, int(scale)),
-        )
+        cfg = cls(model=ModelSpec(arch=arch, scale=int(scale)))
+        cfg.train = TrainSpec(**_recipe(arch, int(scale), method).schedule.train_fields())
         if tiny:
             cfg.model.teacher_preset, cfg.model.student_preset = "tiny_teacher", "tiny_student"
             cfg.data.patch_size, cfg.data.batch_size, cfg.data.loader_workers = 24, 4, 1
             # a short EMA horizon, so the validated (EMA) weights reflect a 100-step run
-            cfg.train = TrainSpec(
-                max_steps=100, ema_decay=0.9, log_every=10, val_every=25, ckpt_every=50, keep_best=1
-            )
-        return cfg.validate()
+            bookkeeping = {"log_every": 10, "val_every": 25, "ckpt_every": 50, "keep_best": 1}
+            cfg.train = dataclasses.replace(cfg.train, max_steps=100, ema_decay=0.9, **bookkeeping)
+        return cfg.with_method(method)
+
+    def with_method(self, method: str) -> JobConfig:
+        """Switch to `method`'s recipe for this arch and scale, in place; returns self.
+
+        Replaces the whole `distill` section (no weight carries over from the previous method) and the
+        optimiser schedule (`train.lr`, `betas`, `weight_decay`, `milestones`, `gamma`); the run length,
+        EMA decay and seed, the same in every recipe, are kept, so a tiny or shortened run stays so.
+        FAKD's taps follow the student preset (the tiny nets have fewer blocks).
+        """
+        found = _recipe(self.model.arch, self.model.scale, method)
+        distill = found.distill
+        if method == "fakd":
+            taps = FAKD_TAPS[self.model.arch].get(self.model.student_preset, distill.fakd_taps)
+            distill = dataclasses.replace(distill, fakd_taps=taps)
+        fields = found.schedule.train_fields()
+        optimiser = {k: fields[k] for k in ("lr", "betas", "weight_decay", "milestones", "gamma")}
+        self.distill, self.train = distill, dataclasses.replace(self.train, **optimiser)
+        return self.validate()
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], base: JobConfig | None = None) -> JobConfig:
@@ -256,6 +273,13 @@ class JobConfig:
         for name in SECTIONS:
             setattr(self, name, getattr(other, name))
         return self
+
+
+def _recipe(arch: str, scale: int, method: str) -> Recipe:
+    try:
+        return recipe(arch, scale, method)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from importlib import resources
 from typing import Any
 
 from dukd_ray import storage
+from dukd_ray.distill.recipes import recipe
 from dukd_ray.storage import is_local
 from dukd_ray.train import trainer
 from dukd_ray.train.config import SECTIONS, JobConfig
@@ -128,13 +129,11 @@ def read_space_text(space: str, storage_options: dict[str, Any] | None = None) -
 def resolve_start(space: SearchSpace, base: JobConfig) -> list[dict[str, Any]]:
     """Start points as full points (every searched key); keys a point leaves out keep the base value.
 
-    `paper` is the paper's row for the base config's arch and scale (docs/distill.md). SpaceError when a
+    `paper` is the recipe of the base config's method, arch and scale (docs/distill.md). SpaceError when a
     filled-in value lies outside the space or the job config rejects the point.
     """
-    base_values = _values(base)
-    paper = _values(
-        dataclasses.replace(base, distill=type(base.distill).paper(base.model.arch, base.model.scale))
-    )
+    base_values, m = _values(base), base.model
+    paper = _values(dataclasses.replace(base, distill=recipe(m.arch, m.scale, base.distill.method).distill))
     points = []
     for i, point in enumerate(space.start, 1):
         given = {k: paper[k] for k in space.keys} if point == PAPER_POINT else dict(point)
