@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 
 import pytest
@@ -16,8 +17,10 @@ from torch import nn
 
 from dukd_ray.distill import (
     EMA,
+    FAKD_TAPS,
     LC_OPS,
     DistillConfig,
+    affinity,
     apply_ops,
     freeze_teacher,
     invert_ops,
@@ -66,8 +69,45 @@ def spec_inverse(v: torch.Tensor, f: list[bool]) -> torch.Tensor:
     return v
 
 
+def spec_affinity(fm: torch.Tensor) -> torch.Tensor:
+    """Per sample: unit channel vector at each position, then every pair's dot product."""
+    out = []
+    for f in fm.flatten(2):  # (C, HW)
+        unit = f / (f.pow(2).sum(0).sqrt() + 1e-8)
+        out.append(unit.T @ unit)
+    return torch.stack(out)
+
+
+SPEC_TAPS = ("conv_first", "body.0", "conv_after_body")
+
+
+def spec_edsr(model, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """EDSR's forward written out: its output and the outputs of SPEC_TAPS."""
+    first = model.conv_first(model.shift.normalize(x))
+    block0 = model.body[0](first)
+    after = model.conv_after_body(model.body[1:](block0))
+    return model.shift.denormalize(model.conv_last(model.upsample(first + after))), [first, block0, after]
+
+
+def spec_fakd(student, teacher, opt, lr, hr, cfg: DistillConfig) -> dict[str, float]:
+    with torch.no_grad():
+        t_x, t_feats = spec_edsr(teacher, lr)
+    opt.zero_grad()
+    out_x, s_feats = spec_edsr(student, lr)
+    feat = sum(l1(spec_affinity(a), spec_affinity(b)) for a, b in zip(s_feats, t_feats, strict=True))
+    if cfg.reference_compat:
+        feat = feat.detach()
+    terms = {"loss_pix": cfg.w_pix * l1(out_x, hr), "loss_kd": cfg.w_kd * l1(out_x, t_x)}
+    terms["loss_feat"] = cfg.w_feat * feat
+    sum(terms.values()).backward()
+    opt.step()
+    return {k: v.item() for k, v in terms.items()} | {"loss": sum(v.item() for v in terms.values())}
+
+
 def spec_step(student, teacher, opt, lr, hr, cfg: DistillConfig, g: torch.Generator) -> dict[str, float]:
     """One iteration exactly as docs/distill.md writes it (weights from cfg)."""
+    if cfg.method == "fakd":
+        return spec_fakd(student, teacher, opt, lr, hr, cfg)
     s, p, b = hr.shape[-1] // lr.shape[-1], lr.shape[-1], lr.shape[0]
     with torch.no_grad():
         t_x = teacher(lr) if teacher is not None else None
@@ -99,7 +139,8 @@ def spec_step(student, teacher, opt, lr, hr, cfg: DistillConfig, g: torch.Genera
         with torch.no_grad():
             t_z = teacher(z)
         out = student(torch.stack([spec_forward(z[i], flags[i]) for i in range(len(z))]))
-        out = torch.stack([spec_inverse(out[i], flags[i]) for i in range(len(z))])
+        back = spec_forward if cfg.reference_compat else spec_inverse  # the reference maps back forwards
+        out = torch.stack([back(out[i], flags[i]) for i in range(len(z))])
         step_b["loss_zoom_in"] = cfg.w_zoom_in * cfg.w_kd * l1(t_z, out)
     if cfg.zoom_out:
         x_down = torch.stack([imresize(lr[i], 1 / s) for i in range(b)])
@@ -182,6 +223,24 @@ def test_dukd_matches_spec(step_mode, scale, n_gt_sub):
     )  # fmt: skip
     ours = assert_same_step(cfg, scale)
     assert ours["loss"] == pytest.approx(sum(v for k, v in ours.items() if k != "loss"))
+
+
+@pytest.mark.parametrize("compat", [False, True])
+def test_fakd_matches_spec(compat):
+    cfg = DistillConfig(
+        method="fakd", w_pix=2.0, w_kd=0.5, w_feat=3.0, fakd_taps=SPEC_TAPS, reference_compat=compat
+    )
+    ours = assert_same_step(cfg)
+    assert ours["loss_feat"] > 0
+
+
+def test_dukd_reference_compat_matches_the_forward_order_spec():
+    """Every zoom-in sample gets flip-H then transpose: the forward order maps it back rotated by 180 deg."""
+    cfg = DistillConfig(n_gt_sub=4, lc_ops=("flip_h", "transpose"), lc_prob=1.0, reference_compat=True)
+    compat = assert_same_step(cfg)
+    ours = assert_same_step(dataclasses.replace(cfg, reference_compat=False))
+    assert compat["loss_zoom_in"] != pytest.approx(ours["loss_zoom_in"])
+    assert compat["loss_zoom_out"] == pytest.approx(ours["loss_zoom_out"])
 
 
 def test_spec_comparison_fails_against_a_broken_step():
@@ -292,6 +351,31 @@ def test_reference_order_inverse_fails_exactly_when_transpose_meets_one_flip():
     assert torch.equal(wrong_inverse[sorted(expected)], rotated)
 
 
+def test_compat_inverse_differs_from_ours_exactly_where_transpose_meets_one_flip():
+    """Through train_step: an equivariant student equal to its teacher, each of the 16 op sets forced on."""
+    scale, batch = 2, make_batch(2)
+    batch["hr"] = (batch["hr"] * 256).floor() / 256  # dyadic pixels: the invert op round-trips exactly
+    broken = set()
+    for ops in itertools.chain.from_iterable(itertools.combinations(LC_OPS, k) for k in range(5)):
+        for compat in (False, True):
+            cfg = DistillConfig(
+                zoom_out=False,
+                lc_ops=ops,
+                lc_prob=1.0,
+                n_gt_sub=4,
+                step_mode="joint",
+                reference_compat=compat,
+            )
+            student = NearestUp(scale)
+            opt = torch.optim.SGD(student.parameters(), lr=0.1)
+            losses = train_step(student, freeze_teacher(NearestUp(scale)), opt, batch, cfg, torch.Generator())
+            if losses["loss_zoom_in"] > 0:
+                assert compat, ops  # our inverse is exact for every op set
+                broken.add(ops)
+    flips = {("flip_h", "transpose"), ("flip_w", "transpose")}
+    assert broken == flips | {("invert", *ops) for ops in flips}
+
+
 class NearestUp(nn.Module):
     """Nearest-neighbour upsampling times a weight: exactly equivariant to every label-consistency op."""
 
@@ -355,6 +439,36 @@ def test_teacher_untouched_by_a_step():
         assert torch.equal(value, before[key]), key
 
 
+@pytest.mark.parametrize("method", ["kd", "fakd", "dukd"])
+@pytest.mark.parametrize("compat", [False, True])
+def test_compat_runs_the_teacher_in_train_mode_and_still_without_grads(method, compat):
+    student, teacher = tiny_models(2)
+    modes: list[bool] = []
+    teacher.register_forward_pre_hook(lambda module, _inputs: modes.append(module.training))
+    cfg = DistillConfig(method=method, fakd_taps=SPEC_TAPS, reference_compat=compat)
+    opt = torch.optim.Adam(student.parameters(), LR_RATE)
+    train_step(student, teacher, opt, make_batch(2), cfg, torch.Generator())
+    assert modes and set(modes) == {compat}
+    assert not teacher.training and all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+
+
+def test_compat_teacher_drop_path_is_random_and_ours_is_not():
+    """SwinIR's drop-path is what a train-mode teacher changes (EDSR and RCAN have no such randomness)."""
+    torch.manual_seed(0)
+    teacher = freeze_teacher(build_arch("swinir", 2, preset="tiny_teacher", drop_path_rate=0.5))
+    student = build_arch("swinir", 2, preset="tiny_student")
+    state = copy.deepcopy(student.state_dict())
+
+    def loss_kd(compat: bool) -> float:
+        student.load_state_dict(state)
+        opt = torch.optim.SGD(student.parameters(), lr=0.0)
+        cfg = DistillConfig(method="kd", reference_compat=compat)
+        return train_step(student, teacher, opt, make_batch(2), cfg, torch.Generator())["loss_kd"]
+
+    assert loss_kd(False) == loss_kd(False)
+    assert loss_kd(True) != loss_kd(True)
+
+
 def test_unfrozen_or_missing_teacher_is_an_error():
     student, teacher = tiny_models(2)
     opt = torch.optim.Adam(student.parameters(), LR_RATE)
@@ -364,6 +478,53 @@ def test_unfrozen_or_missing_teacher_is_an_error():
     with pytest.raises(ValueError, match="needs a teacher"):
         train_step(student, None, opt, make_batch(2), DistillConfig(method="kd"), torch.Generator())
     train_step(student, None, opt, make_batch(2), DistillConfig(method="scratch"), torch.Generator())
+
+
+# ---------------------------------------------------------------- FAKD
+def test_affinity_of_a_hand_computed_case():
+    """Two positions with channel vectors (3, 4) and (1, 0): unit vectors (0.6, 0.8), (1, 0)."""
+    fm = torch.tensor([[3.0, 1.0], [4.0, 0.0]]).view(1, 2, 1, 2)  # (B, C, H, W), channels x positions
+    expected = torch.tensor([[[1.0, 0.6], [0.6, 1.0]]])
+    torch.testing.assert_close(affinity(fm), expected)
+    torch.testing.assert_close(affinity(fm.flatten(2).transpose(1, 2)), expected)  # tokens (B, HW, C)
+
+
+@pytest.mark.parametrize("compat", [False, True])
+def test_fakd_feature_term_alone_moves_the_student_and_compat_does_not(compat):
+    """Pixel and logits weights 0: only the feature term is left, so only it can move the student."""
+    student, teacher = tiny_models(2)
+    before = copy.deepcopy(student.state_dict())
+    cfg = DistillConfig(method="fakd", w_pix=0.0, w_kd=0.0, fakd_taps=SPEC_TAPS, reference_compat=compat)
+    opt = torch.optim.SGD(student.parameters(), lr=SGD_LR)
+    losses = train_step(student, teacher, opt, make_batch(2), cfg, torch.Generator())
+    assert losses["loss_pix"] == losses["loss_kd"] == 0.0 and losses["loss_feat"] > 0.01
+    moved = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    upstream = {"conv_first.weight", "body.0.conv1.weight", "body.0.conv2.weight", "conv_after_body.weight"}
+    if compat:
+        assert moved == set()
+    else:  # everything up to the last tap moves; the upsampler and conv_last are past every tap
+        assert upstream <= moved and not any(k.startswith(("upsample", "conv_last")) for k in moved)
+
+
+@pytest.mark.parametrize("arch", ["edsr", "rcan", "swinir"])
+def test_fakd_recipe_taps_of_the_tiny_nets_exist_in_both(arch):
+    torch.manual_seed(0)
+    teacher = freeze_teacher(build_arch(arch, 2, preset="tiny_teacher"))
+    student = build_arch(arch, 2, preset="tiny_student")
+    cfg = DistillConfig(method="fakd", fakd_taps=FAKD_TAPS[arch]["tiny_student"])
+    opt = torch.optim.Adam(student.parameters(), LR_RATE)
+    assert train_step(student, teacher, opt, make_batch(2), cfg, torch.Generator())["loss_feat"] > 0
+
+
+def test_unknown_fakd_tap_is_an_error_listing_the_modules():
+    student, teacher = tiny_models(2)
+    cfg = DistillConfig(method="fakd", fakd_taps=("conv_first", "body.9"))
+    opt = torch.optim.Adam(student.parameters(), LR_RATE)
+    message = r"\['body.9'\] not found in the teacher \(EDSR\); its modules include: shift, conv_first, body,"
+    with pytest.raises(ValueError, match=message):
+        train_step(student, teacher, opt, make_batch(2), cfg, torch.Generator())
+    with pytest.raises(ValueError, match="fakd_taps: method 'fakd' needs the module names"):
+        DistillConfig(method="fakd")
 
 
 def test_same_generator_seed_same_step_and_other_seed_other_cells():
@@ -453,14 +614,14 @@ def test_ddp_wrapped_student_steps_like_the_plain_one(tmp_path):
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
-        plain, teacher = tiny_models(2)
-        wrapped = DistributedDataParallel(copy.deepcopy(plain))
-        cfg = DistillConfig(lc_prob=0.5)
-        for model in (plain, wrapped):
-            opt = torch.optim.Adam(model.parameters(), LR_RATE)
-            train_step(model, teacher, opt, make_batch(2), cfg, torch.Generator().manual_seed(5))
-        for a, b in zip(plain.parameters(), wrapped.module.parameters(), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+        for cfg in (DistillConfig(lc_prob=0.5), DistillConfig(method="fakd", fakd_taps=SPEC_TAPS)):
+            plain, teacher = tiny_models(2)
+            wrapped = DistributedDataParallel(copy.deepcopy(plain))  # FAKD's hooks reach through it
+            for model in (plain, wrapped):
+                opt = torch.optim.Adam(model.parameters(), LR_RATE)
+                train_step(model, teacher, opt, make_batch(2), cfg, torch.Generator().manual_seed(5))
+            for a, b in zip(plain.parameters(), wrapped.module.parameters(), strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
         ema = EMA(wrapped)
         ema.update(wrapped)
         with pytest.raises(ValueError, match="DataParallel"):
