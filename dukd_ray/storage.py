@@ -252,7 +252,10 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: dict[str, Any] | 
     """
     fs, path = get_fs(url, storage_options)
     if not _is_local(fs):
-        with_retries(lambda: fs.pipe_file(path, data), url)
+        # S3: objects of two blocks or more (storage option `default_block_size`, s3fs's 50 MiB by
+        # default) go up as a multipart upload, which also appears only once it is complete
+        chunks = {"chunksize": fs.default_block_size} if _is_s3(url) else {}
+        with_retries(lambda: fs.pipe_file(path, data, **chunks), url)
         return
     folder = os.path.dirname(path) or "."
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")

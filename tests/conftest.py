@@ -53,3 +53,24 @@ def sample_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("samples")
     return write_sample_data(str(root))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory):
+    """Factory: `tiny_teacher(arch="edsr", scale=4)` is the URL of a seeded tiny teacher, saved once."""
+    import torch
+
+    from dukd_ray.models import build_arch, save_weights
+
+    saved: dict[tuple[str, int], str] = {}
+
+    def make(arch: str = "edsr", scale: int = 4) -> str:
+        if (arch, scale) not in saved:
+            torch.manual_seed(0)
+            model = build_arch(arch, scale, preset="tiny_teacher")
+            prefix = str(tmp_path_factory.mktemp("teacher") / f"{arch}_x{scale}_teacher")
+            save_weights(prefix, model.state_dict(), arch_spec=model.arch_spec)
+            saved[(arch, scale)] = f"{prefix}.pth"
+        return saved[(arch, scale)]
+
+    return make

@@ -5,8 +5,9 @@ endpoint. A share of the requests fails the way object stores fail in production
 is reset before an answer, the store answers 503 SlowDown or 500 InternalError, the answer comes
 late, or a GET's body stops half-way. Which request fails is a pure function of the seed, the
 request (method, path, query without multipart upload ids) and how often that request was seen,
-so a run meets the same faults whatever the thread interleaving. The same request never fails
-more than `max_repeats` times in a row: a client with retries always gets through.
+so a run meets the same faults whatever the thread interleaving; each kind is also dealt once, to
+the first request it fits, so even a short run meets them all. The same request never fails more
+than `max_repeats` times in a row: a client with retries always gets through.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class FlakyS3Proxy:
         self.faults: Counter[str] = Counter()  # injected, by kind
         self.requests: Counter[str] = Counter()  # forwarded, by method
         self._seen: Counter[str] = Counter()
+        self._owed = list(kinds) if rate > 0 else []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -76,16 +78,25 @@ class FlakyS3Proxy:
             self._seen[key] += 1
         digest = hashlib.sha256(f"{self.seed}|{key}|{nth}".encode()).digest()
         u = int.from_bytes(digest[:8], "big") / 2**64
-        fault = self.kinds[digest[8] % len(self.kinds)] if nth < self.max_repeats and u < self.rate else None
-        if fault == "truncate" and method != "GET":
-            fault = "reset"
-        if (
-            fault == "reset" and method == "POST"
-        ):  # an S3 POST (multipart create/complete) is not idempotent...
-            fault = "slow_down"  # ...so it fails before reaching the store, with an answer
+        drawn = self.kinds[digest[8] % len(self.kinds)] if nth < self.max_repeats and u < self.rate else None
+        with self._lock:  # a kind not dealt yet goes to the first new request it fits
+            owed = next((k for k in self._owed if nth == 0 and _fit(k, method) == k), None)
+            if owed:
+                self._owed.remove(owed)
+        fault = _fit(owed or drawn, method)
         with self._lock:
             self.faults[fault or "none"] += 1
         return fault
+
+
+def _fit(fault: str | None, method: str) -> str | None:
+    """Only a GET has a body to cut; an S3 POST (multipart create/complete) is not idempotent, so it
+    fails before reaching the store, with an answer, rather than by a reset the client cannot read."""
+    if fault == "truncate" and method != "GET":
+        fault = "reset"
+    if fault == "reset" and method == "POST":
+        fault = "slow_down"
+    return fault
 
 
 def _handler(proxy: FlakyS3Proxy) -> type[BaseHTTPRequestHandler]:
