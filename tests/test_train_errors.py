@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import ray
+from PIL import Image
 
+from dukd_ray.data.pack import pack
 from dukd_ray.models import build_arch, save_weights
 from dukd_ray.train import InputError, JobConfig, prepare, run_training
 from dukd_ray.train.cli import main
@@ -70,6 +73,7 @@ def test_student_init_loads_non_strictly_but_must_fit(sample_data, tmp_path):
     save_weights(str(tmp_path / "x2_student"), x2.state_dict(), arch_spec=x2.arch_spec)
     cfg = _config(sample_data, tmp_path, **{"model.student_init": str(tmp_path / "x2_student.pth")})
     assert prepare(cfg).model.student_init.endswith("x2_student.pth")
+    assert not (tmp_path / "runs").exists()  # the storage probe removes what it wrote
     (tmp_path / "notes.pth").write_text("not weights")
     with pytest.raises(InputError, match=r"model.student_init \(.*notes.pth\)"):
         prepare(_config(sample_data, tmp_path, **{"model.student_init": str(tmp_path / "notes.pth")}))
@@ -96,6 +100,96 @@ def test_bad_training_data(sample_data, tmp_path):
         png.write_bytes(b"\x89PNG truncated")
     with pytest.raises(InputError, match=r"data.train \(.*corrupt\).*\.png"):
         run_training(_config(sample_data, tmp_path, **{"data.train": str(corrupt)}))
+
+
+def _copy(sample_data, tmp_path: Path) -> Path:
+    root = tmp_path / "div2k"
+    shutil.copytree(sample_data.train_url, root)
+    return root
+
+
+def _truncated_png(sample_data, tmp_path: Path) -> dict[str, str]:
+    root = _copy(sample_data, tmp_path)
+    png = root / "DIV2K_train_HR" / "0003.png"
+    png.write_bytes(png.read_bytes()[:-4096])  # header intact, decodes up to the cut
+    return {"data.train": str(root)}
+
+
+def _empty_png(sample_data, tmp_path: Path) -> dict[str, str]:
+    root = _copy(sample_data, tmp_path)
+    (root / "DIV2K_train_LR_bicubic" / "X4" / "0005x4.png").write_bytes(b"")
+    return {"data.train": str(root)}
+
+
+def _skewed_pair(sample_data, tmp_path: Path) -> dict[str, str]:
+    root = _copy(sample_data, tmp_path)
+    lr = root / "DIV2K_train_LR_bicubic" / "X4" / "0006x4.png"
+    with Image.open(lr) as img:
+        img.crop((0, 0, img.width - 1, img.height)).save(lr)
+    return {"data.train": str(root)}
+
+
+def _packed(sample_data, tmp_path: Path) -> Path:
+    dst = tmp_path / "shards"
+    pack(sample_data.train_url, str(dst), 4, crop=192, step=192, shard_size_mb=1, progress=False)
+    return dst
+
+
+def _shard_grown(sample_data, tmp_path: Path) -> dict[str, str]:
+    dst = _packed(sample_data, tmp_path)
+    with open(sorted(dst.glob("shard-*.bin"))[-1], "ab") as f:
+        f.write(b"\0")
+    return {"data.train": str(dst)}
+
+
+def _shard_missing(sample_data, tmp_path: Path) -> dict[str, str]:
+    dst = _packed(sample_data, tmp_path)
+    sorted(dst.glob("shard-*.bin"))[1].unlink()
+    return {"data.train": str(dst)}
+
+
+def _storage_is_a_file(sample_data, tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "runs.txt").write_text("not a folder")
+    return {"run.storage": str(tmp_path / "runs.txt")}
+
+
+def _storage_read_only(sample_data, tmp_path: Path) -> dict[str, str]:
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root writes anyway: a folder no one may create anything in
+        folder = Path("/sys/dukd-runs")
+    return {"run.storage": str(folder)}
+
+
+def _patch_not_multiple_of_scale(sample_data, tmp_path: Path) -> dict[str, str]:
+    return {"data.patch_size": "26"}  # zoom-out shrinks the LR patch by 1/4 exactly
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            _patch_not_multiple_of_scale,
+            r"^data.patch_size=26 is not a multiple of model.scale=4.*distill.zoom_out",
+        ),
+        (_truncated_png, r"^data.train \(.*div2k\): ImageDecodeError: .*0003.png: truncated PNG"),
+        (_empty_png, r"^data.train \(.*div2k\): ImageDecodeError: .*0005x4.png: the file is empty"),
+        (_skewed_pair, r"^data.train \(.*div2k\): PairError: LR .*0006x4.png is \d+x\d+ but HR .*0006.png"),
+        (_shard_grown, r"^data.train \(.*shards\): ShardFormatError: shard .*shard-\d+.bin is \d+ bytes but"),
+        (_shard_missing, r"^data.train \(.*shards\): FileNotFoundError: .*missing: .*shard-00001.bin"),
+        (_storage_is_a_file, r"^run.storage \(.*runs.txt\): NotADirectoryError"),
+        (_storage_read_only, r"^run.storage \(.*\): StorageError: access denied to .*dukd-write-probe"),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else "",
+)
+def test_bad_input_is_one_line_before_ray_starts(sample_data, tmp_path, make, message):
+    """Inputs that used to pass the preflight, then fail every worker attempt (minutes, hundreds of lines)."""
+    cfg = _config(sample_data, tmp_path, **make(sample_data, tmp_path))
+    with pytest.raises(InputError, match=message) as failure:
+        run_training(cfg)
+    assert "\n" not in str(failure.value)
+    assert not (tmp_path / "runs").exists()  # the storage probe leaves nothing behind
 
 
 def test_bad_validation_data(sample_data, tmp_path):

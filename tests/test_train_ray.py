@@ -2,7 +2,8 @@
 
 One uninterrupted baseline run is the reference for three claims: the DDP replicas stay bit-identical,
 a worker killed mid-run is replaced and the run ends exactly where the baseline ends, and a run
-stopped at step k and resubmitted under the same name+storage also ends exactly there.
+stopped at step k and resubmitted under the same name+storage also ends exactly there. A fourth run
+shows that a corrupt training record is not retried like a lost worker: it fails the run once.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import pytest
 import ray
 import torch
 
+from dukd_ray.data.pack import pack
+from dukd_ray.data.shards import decode_header, header_length
 from dukd_ray.eval.benchmark import evaluate_sets, load_benchmark_sets
 from dukd_ray.models import build_arch, build_from_checkpoint, save_weights
 from dukd_ray.storage import exists, join, read_bytes
-from dukd_ray.train import JobConfig, TrainResult, run_training
+from dukd_ray.train import InputError, JobConfig, TrainResult, run_training
+from dukd_ray.train import trainer as trainer_module
 from dukd_ray.train.checkpoint import checkpoint_dir_name, replica_digest
 from dukd_ray.train.faults import Fault
 
@@ -171,3 +175,41 @@ def _history(result: TrainResult) -> list[dict]:
     cp = result.checkpoint
     with cp.filesystem.open_input_stream(f"{cp.path}/history.json") as f:
         return json.loads(f.read())
+
+
+def _train_workers_started() -> int:
+    return sum(a["ActorClassName"].endswith("RayTrainWorker") for a in ray._private.state.actors().values())
+
+
+def test_a_corrupt_record_fails_the_run_once_with_its_line(
+    ray_cluster, job, sample_data, tmp_path, monkeypatch
+):
+    """Shards that pass the preflight, then fail their crc32 in the workers: one InputError, no retry.
+
+    The records are corrupted right after the preflight (sizes and headers still match the manifest,
+    as after a bit flip on the store); `run.max_failures=2` would have started 3 worker groups.
+    """
+    shards = tmp_path / "shards"
+    pack(sample_data.train_url, str(shards), 4, crop=192, step=192, shard_size_mb=1, progress=False)
+    checked = trainer_module.prepare
+
+    def prepare_then_corrupt(cfg: JobConfig) -> JobConfig:
+        resolved = checked(cfg)
+        for shard in shards.glob("shard-*.bin"):
+            data = bytearray(shard.read_bytes())
+            n = header_length(bytes(data), str(shard))
+            for record in decode_header(bytes(data[:n]), str(shard)):
+                data[record.offset] ^= 0xFF
+            shard.write_bytes(bytes(data))
+        return resolved
+
+    monkeypatch.setattr(trainer_module, "prepare", prepare_then_corrupt)
+    before = _train_workers_started()
+    cfg = job(str(tmp_path / "runs"), "corrupt", f"data.train={shards}", "run.max_failures=2")
+    with pytest.raises(InputError) as failure:
+        run_training(cfg)
+    message = str(failure.value)
+    assert "\n" not in message
+    assert message.startswith(f"data.train ({shards}): ShardFormatError: record '")
+    assert "fails its checksum" in message and "shard-0" in message and ", step 1)" in message
+    assert _train_workers_started() - before == 2  # one worker group of 2, never restarted

@@ -12,6 +12,7 @@ import logging
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,13 @@ import torch
 from torch import nn
 
 from dukd_ray.data import build_train_stream
+from dukd_ray.data.shards import ShardFormatError
+from dukd_ray.data.stream import PatchError
 from dukd_ray.distill import EMA, freeze_teacher, train_step
 from dukd_ray.eval.benchmark import Pair, evaluate_bicubic, load_benchmark_sets
 from dukd_ray.eval.inference import InferenceOptions
+from dukd_ray.image.io import ImageDecodeError
+from dukd_ray.image.pairs import PairError
 from dukd_ray.models import build_arch, load_pretrained
 from dukd_ray.train.checkpoint import checkpoint_dir_name, read_checkpoint, resume_folder, write_checkpoint
 from dukd_ray.train.config import JobConfig
@@ -34,6 +39,12 @@ from dukd_ray.train.state import TrainState
 from dukd_ray.train.validate import evaluate_distributed, flatten
 
 log = logging.getLogger(__name__)
+# what a training record can be wrong with: the same on every retry, unlike a lost node or a network error
+DATA_ERRORS = (ImageDecodeError, ShardFormatError, PairError, PatchError)
+
+
+class DataError(ValueError):
+    """A training record a worker cannot use; one line naming it (the driver fails the run on it, once)."""
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -98,7 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batches = iter(state.stream)
     for step in range(state.step + 1, t.max_steps + 1):
         began = time.perf_counter()
-        batch = {k: v.to(device, non_blocking=cuda) for k, v in next(batches).items()}  # pinned on CUDA
+        batch = {k: v.to(device, non_blocking=cuda) for k, v in _next_batch(batches, rank, step).items()}
         fetched = time.perf_counter()
         losses = train_step(model, teacher, optimizer, batch, cfg.distill, generator, amp_dtype, input_format)
         state.scheduler.step()
@@ -126,6 +137,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         tensorboard.close()
         write_outputs(cfg, student, ema.module, teacher, sets, state.history, state.resumes)
+
+
+def _next_batch(batches: Iterator[dict[str, torch.Tensor]], rank: int, step: int) -> dict[str, torch.Tensor]:
+    """The next batch (pinned on CUDA); a bad record is a DataError: its one line, this rank and step."""
+    try:
+        return next(batches)
+    except DATA_ERRORS as e:
+        raise DataError(f"{type(e).__name__}: {_one_line(e)} (rank {rank}, step {step})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of `e`; a DataLoader worker's error is re-raised with its traceback, keep its last line."""
+    text = str(e)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.removeprefix(f"{type(e).__module__}.{type(e).__qualname__}: ")
 
 
 def _due(step: int, every: int, last: int) -> bool:

@@ -7,19 +7,46 @@ as a stack trace from a remote worker; here each is one `InputError` naming the 
 from __future__ import annotations
 
 import datetime
+import io
 import os
+import uuid
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+
+from PIL import Image, UnidentifiedImageError
 
 from dukd_ray.data import build_train_stream
 from dukd_ray.data.samples import default_sample_data
+from dukd_ray.data.shards import check_size
+from dukd_ray.data.sources import HR_DIR, LR_DIR, ImagePair, ShardSource, open_source
+from dukd_ray.data.stream import PatchError
 from dukd_ray.eval.benchmark import list_sets, load_benchmark_sets
+from dukd_ray.image.io import ImageDecodeError
+from dukd_ray.image.pairs import PairError
 from dukd_ray.models import build_arch, load_pretrained
-from dukd_ray.storage import StorageError, exists, is_local, redact_url
+from dukd_ray.storage import (
+    StorageError,
+    basename,
+    get_fs,
+    is_local,
+    join,
+    redact_url,
+    with_retries,
+    write_bytes_atomic,
+)
 from dukd_ray.train.config import JobConfig
 
 
 class InputError(ValueError):
     """A teacher checkpoint, data set or storage location cannot be used; names the config key and URL."""
+
+
+# what the file checks read of each training image: its head (format, size) and its last bytes
+HEAD_BYTES = 64 << 10
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every complete PNG ends with
+PROBE_THREADS = 16  # concurrent small reads (object stores answer them in parallel)
 
 
 def resolve(cfg: JobConfig) -> JobConfig:
@@ -41,7 +68,20 @@ def resolve(cfg: JobConfig) -> JobConfig:
         out.run.name = f"{out.model.arch}_x{out.model.scale}-{out.distill.method}-{stamp}"
     if is_local(out.run.storage):
         out.run.storage = os.path.abspath(os.path.expanduser(out.run.storage.removeprefix("file://")))
-    return out.validate()
+    out.validate()
+    _check_patch_size(out)
+    return out
+
+
+def _check_patch_size(cfg: JobConfig) -> None:
+    """DUKD's zoom-out shrinks the LR patch by 1/scale, exactly: the patch side must be a multiple of it."""
+    p, s, dc = cfg.data.patch_size, cfg.model.scale, cfg.distill
+    if dc.method == "dukd" and dc.zoom_out and p % s:
+        raise InputError(
+            f"data.patch_size={p} is not a multiple of model.scale={s}, which distill.zoom_out needs "
+            f"(it shrinks the LR patch by 1/{s}); use data.patch_size={max(s, p - p % s)} or "
+            f"{p - p % s + s}, or distill.zoom_out=false"
+        )
 
 
 def check_inputs(cfg: JobConfig) -> None:
@@ -87,9 +127,114 @@ def check_inputs(cfg: JobConfig) -> None:
         next(batches)
         batches.close()  # stops the stream's read-ahead threads now, not at garbage collection
 
+    _guard("data.train", d.train, lambda: check_training_files(d.train, m.scale, d.patch_size, opts))
     _guard("data.train", d.train, one_batch)
     _guard("data.val", d.val, lambda: load_benchmark_sets(d.val, d.val_sets, m.scale, storage_options=opts))
-    _guard("run.storage", cfg.run.storage, lambda: exists(cfg.run.storage, opts))
+    _guard("run.storage", cfg.run.storage, lambda: probe_storage(cfg.run.url(), opts))
+
+
+def check_training_files(
+    url: str, scale: int, patch_size: int, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Every training file as far as it can be checked without decoding it, so a worker does not meet it.
+
+    Shards: each one's size against the manifest (one listing, no reads; the workers check each
+    header's sha256 and each record's crc32). A DIV2K-layout root: every image is non-empty, its
+    header decodes, a PNG ends with its IEND chunk (a truncated file does not), each pair's sizes
+    agree with the scale and its LR is at least `patch_size` (one listing per folder, then a
+    head and a tail range read per image). A corrupt image with an intact header and end is
+    still met by a worker, which then fails the run once (see `loop.DataError`).
+    """
+    source = open_source(url, scale, storage_options)
+    if isinstance(source, ShardSource):
+        sizes = _file_sizes(source.prefix, storage_options)
+        for info in source.manifest.shards:
+            shard = join(source.prefix, info.name)
+            if shard not in sizes:
+                raise FileNotFoundError(f"shard listed in the manifest is missing: {redact_url(shard)}")
+            check_size(info, sizes[shard], shard)
+        return
+    pairs: list[ImagePair] = source.pairs
+    sizes = _file_sizes(join(url, HR_DIR), storage_options) | _file_sizes(
+        join(url, LR_DIR, f"X{scale}"), storage_options
+    )
+    urls = [u for pair in pairs for u in (pair.hr_url, pair.lr_url)]
+    with ThreadPoolExecutor(PROBE_THREADS) as pool:
+        shapes = list(pool.map(lambda u: _image_size(u, sizes[u], storage_options), urls))
+    for pair, (hh, hw), (lh, lw) in zip(pairs, shapes[::2], shapes[1::2], strict=True):
+        if (hh - hh % scale, hw - hw % scale) != (lh * scale, lw * scale):
+            raise PairError(
+                f"LR {redact_url(pair.lr_url)} is {lh}x{lw} but HR {redact_url(pair.hr_url)} is "
+                f"{hh}x{hw}: at x{scale} the HR should be {lh * scale}x{lw * scale} (after a crop to "
+                f"multiples of {scale})"
+            )
+        if lh < patch_size or lw < patch_size:
+            raise PatchError(
+                f"LR {redact_url(pair.lr_url)} is {lh}x{lw}, smaller than data.patch_size={patch_size}"
+            )
+
+
+def _file_sizes(folder: str, storage_options: dict[str, Any] | None) -> dict[str, int]:
+    """{url: bytes} of the files directly under `folder` (URLs as `join(folder, name)`): one fresh listing."""
+    fs, path = get_fs(folder, storage_options)
+    path = path.rstrip("/")
+    fs.invalidate_cache(path)
+    entries = with_retries(lambda: fs.ls(path, detail=True), folder)
+    return {join(folder, basename(e["name"])): int(e["size"]) for e in entries if e["type"] != "directory"}
+
+
+def _image_size(url: str, size: int, storage_options: dict[str, Any] | None) -> tuple[int, int]:
+    """(height, width) from the image's header; an empty file, an undecodable header or a PNG cut
+    short (no IEND chunk at its end) is an ImageDecodeError naming the file."""
+    name = redact_url(url)
+    if size == 0:
+        raise ImageDecodeError(f"cannot decode image {name}: the file is empty (0 bytes)")
+    fs, path = get_fs(url, storage_options)
+    head = with_retries(lambda: fs.cat_file(path, start=0, end=min(size, HEAD_BYTES)), url)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(head)) as img:
+                (width, height), kind = img.size, img.format
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"cannot decode image {name}: {type(e).__name__}: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"cannot decode image {name}: {e}") from None
+    if kind == "PNG":
+        end = head if size <= HEAD_BYTES else b""
+        if size > HEAD_BYTES:
+            end = with_retries(lambda: fs.cat_file(path, start=size - len(PNG_END), end=size), url)
+        if not end.endswith(PNG_END):
+            raise ImageDecodeError(
+                f"cannot decode image {name}: truncated PNG ({size} bytes, no IEND chunk at the end)"
+            )
+    return height, width
+
+
+def probe_storage(run_url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write, then delete, a small marker in the run folder: storage that is a file, read-only or
+    refuses our credentials fails here, not in a worker's first checkpoint. Local folders the probe
+    had to create are removed again."""
+    created = _missing_folders(run_url) if is_local(run_url) else []
+    marker = join(run_url, f".dukd-write-probe-{uuid.uuid4().hex}")
+    try:
+        write_bytes_atomic(marker, b"dukd write probe\n", storage_options)
+        fs, path = get_fs(marker, storage_options)
+        with_retries(lambda: fs.rm_file(path), marker)
+    finally:
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def _missing_folders(url: str) -> list[Path]:
+    """The folders of local `url` that do not exist yet, deepest first."""
+    path = Path(url.removeprefix("file://")).absolute()
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def _guard(key: str, url: str, fn: Any) -> Any:

@@ -16,12 +16,12 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from dukd_ray.storage import get_fs, is_local, join
+from dukd_ray.storage import get_fs, is_local, join, redact_url
 from dukd_ray.train.checkpoint import HISTORY
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.faults import Fault
-from dukd_ray.train.loop import train_loop_per_worker
-from dukd_ray.train.preflight import check_inputs, resolve
+from dukd_ray.train.loop import DataError, train_loop_per_worker
+from dukd_ray.train.preflight import InputError, check_inputs, resolve
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,22 @@ def prepare(cfg: JobConfig) -> JobConfig:
     return resolved
 
 
+class FailOnDataError(ray.train.UserCallback):
+    """Ends the run at the first worker `DataError`, which no retry could fix.
+
+    `FailureConfig(max_failures)` retries every worker error, a corrupt record as much as a lost
+    node; Ray 2.60 has no public hook to exempt an error type from it (its failure policy is chosen
+    internally). This callback runs on the controller when it polls a failed worker group; what it
+    raises ends the run there, before the failure policy counts a retry, as a `ControllerError`
+    whose `controller_failure` is that DataError (`run_training` re-raises it as an InputError).
+    """
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        for _, error in sorted(worker_exceptions.items()):
+            if isinstance(error, DataError):
+                raise DataError(str(error))
+
+
 def build_trainer(
     cfg: JobConfig,
     callbacks: Sequence[ray.train.UserCallback] = (),
@@ -60,7 +76,8 @@ def build_trainer(
 
     `check=False` skips the input checks (for a config that already passed `prepare`, or a sweep's
     trials that only vary the objective); defaults are resolved either way. `fault` is for the
-    fault-tolerance tests only: that worker dies once at that step.
+    fault-tolerance tests only: that worker dies once at that step. A worker's `DataError` ends the
+    run at once whatever `run.max_failures` says (`FailOnDataError`).
     """
     cfg = prepare(cfg) if check else resolve(cfg)
     storage_path, storage_filesystem = ray_storage(cfg.run.storage, cfg.data.storage_options or None)
@@ -83,7 +100,7 @@ def build_trainer(
                 checkpoint_score_attribute="val_psnr",
                 checkpoint_score_order="max",
             ),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, FailOnDataError()],
         ),
     )
 
@@ -91,10 +108,16 @@ def build_trainer(
 def run_training(cfg: JobConfig, *, fault: Fault | None = None) -> TrainResult:
     """Check, train (resuming `<storage>/<name>` if it has checkpoints), and return where the outputs are.
 
-    `fault`: see `build_trainer`.
+    `fault`: see `build_trainer`. A bad training record met by a worker is an InputError naming
+    `data.train`, the record and the worker's rank and step, raised at the first failure.
     """
     cfg = prepare(cfg)
-    result = build_trainer(cfg, check=False, fault=fault).fit()
+    try:
+        result = build_trainer(cfg, check=False, fault=fault).fit()
+    except ray.train.ControllerError as e:
+        if isinstance(e.controller_failure, DataError):
+            raise InputError(f"data.train ({redact_url(cfg.data.train)}): {e.controller_failure}") from None
+        raise
     checkpoint = result.checkpoint
     with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{HISTORY}") as f:
         history = json.loads(f.read().decode("utf-8"))
