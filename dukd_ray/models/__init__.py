@@ -4,8 +4,10 @@ from dukd_ray.models.blocks import SUPPORTED_SCALES
 from dukd_ray.models.checkpoint import (
     CheckpointError,
     LoadReport,
+    StudentInit,
     build_from_checkpoint,
     load_pretrained,
+    load_student_init,
     save_weights,
 )
 from dukd_ray.models.presets import PRESET_NAMES, PRESETS
@@ -18,9 +20,11 @@ __all__ = [
     "SUPPORTED_SCALES",
     "CheckpointError",
     "LoadReport",
+    "StudentInit",
     "arch_defaults",
     "build_arch",
     "build_from_checkpoint",
     "load_pretrained",
+    "load_student_init",
     "save_weights",
 ]

@@ -29,7 +29,7 @@ from dukd_ray.eval.benchmark import Pair, evaluate_bicubic, load_benchmark_sets
 from dukd_ray.eval.inference import InferenceOptions
 from dukd_ray.image.io import ImageDecodeError
 from dukd_ray.image.pairs import PairError
-from dukd_ray.models import build_arch, load_pretrained
+from dukd_ray.models import StudentInit, build_arch, load_pretrained, load_student_init
 from dukd_ray.train.checkpoint import checkpoint_dir_name, read_checkpoint, resume_folder, write_checkpoint
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.faults import Fault
@@ -70,8 +70,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # the same initial student on every rank: DDP broadcasts rank 0's, but the EMA copy is taken here
     _seed_everything(t.seed)
     teacher = _build_teacher(cfg, device, memory_format)
-    student = _build_student(cfg, device, memory_format)
-    ema = EMA(student, t.ema_decay)
+    student, ema, init = _build_student(cfg, device, memory_format)
+    if init and rank == 0:
+        log.info("student init %s", init.describe())
     _seed_everything(t.seed + rank)  # from here on each rank draws its own random numbers
     generator = torch.Generator().manual_seed(t.seed + rank)
     optimizer = torch.optim.Adam(student.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
@@ -136,7 +137,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batches.close()  # stop the loader processes before the (rank 0) exports and report
     if rank == 0:
         tensorboard.close()
-        write_outputs(cfg, student, ema.module, teacher, sets, state.history, state.resumes)
+        write_outputs(cfg, student, ema.module, teacher, sets, state.history, state.resumes, init)
 
 
 def _next_batch(batches: Iterator[dict[str, torch.Tensor]], rank: int, step: int) -> dict[str, torch.Tensor]:
@@ -212,11 +213,20 @@ def _build_teacher(
     return freeze_teacher(teacher.to(device, memory_format=memory_format))
 
 
-def _build_student(cfg: JobConfig, device: torch.device, memory_format: torch.memory_format) -> nn.Module:
+def _build_student(
+    cfg: JobConfig, device: torch.device, memory_format: torch.memory_format
+) -> tuple[nn.Module, EMA, StudentInit | None]:
+    """The student on this worker's device and its EMA; from `model.student_init` as BasicSR does it.
+
+    `params` -> student, `params_ema` -> EMA (else the EMA starts as the initialised student); the
+    load is non-strict, and only the upsampler may be skipped (an x4 student from an x2 export).
+    """
     m = cfg.model
     student = build_arch(m.arch, m.scale, preset=m.student_preset, **m.student_kwargs)
-    if m.student_init:  # non-strict: the paper starts x3/x4 students from the x2 one (upsampler differs)
-        load_pretrained(
-            student, m.student_init, strict=False, storage_options=cfg.data.storage_options or None
-        )
-    return student.to(device, memory_format=memory_format)
+    student = student.to(device, memory_format=memory_format)
+    ema = EMA(student, cfg.train.ema_decay)
+    init = None
+    if m.student_init:
+        opts = cfg.data.storage_options or None
+        init = load_student_init(student, m.student_init, ema=ema.module, storage_options=opts)
+    return student, ema, init

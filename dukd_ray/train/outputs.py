@@ -15,10 +15,18 @@ from torch import nn
 
 from dukd_ray.eval.benchmark import Pair, bicubic_pair, evaluate_pair
 from dukd_ray.eval.cost import measure_cost
-from dukd_ray.models import save_weights
+from dukd_ray.models import StudentInit, save_weights
 from dukd_ray.storage import join, write_bytes_atomic
 from dukd_ray.train.config import JobConfig
-from dukd_ray.train.report import cost_rows, crops_png, curves_png, paper_rows, results_rows, write_report
+from dukd_ray.train.report import (
+    cost_rows,
+    crops_png,
+    curves_png,
+    init_lines,
+    paper_rows,
+    results_rows,
+    write_report,
+)
 
 
 def write_outputs(
@@ -29,7 +37,9 @@ def write_outputs(
     sets: dict[str, list[Pair]],
     history: list[dict[str, Any]],
     resumes: list[int],
+    init: StudentInit | None = None,
 ) -> None:
+    """`init`: what `model.student_init` loaded (None: the student started from its random init)."""
     opts = cfg.data.storage_options or None
     run_url, m = cfg.run.url(), cfg.model
     save_weights(
@@ -65,6 +75,7 @@ def write_outputs(
         config=cfg.redacted_dict(),
         storage_options=opts,
         cost=cost_rows([(label, measure_cost(model)) for label, model in models]),  # meta device: ~1 s
+        init=init_lines(init, cfg.train.seed),
     )
 
 

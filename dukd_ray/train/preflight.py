@@ -25,7 +25,7 @@ from dukd_ray.data.stream import PatchError
 from dukd_ray.eval.benchmark import list_sets, load_benchmark_sets
 from dukd_ray.image.io import ImageDecodeError
 from dukd_ray.image.pairs import PairError
-from dukd_ray.models import build_arch, load_pretrained
+from dukd_ray.models import build_arch, load_pretrained, load_student_init
 from dukd_ray.storage import (
     StorageError,
     basename,
@@ -100,18 +100,14 @@ def check_inputs(cfg: JobConfig) -> None:
             m.teacher,
             lambda: load_pretrained(teacher, m.teacher, strict=True, storage_options=opts),
         )
-    if m.student_init:
+    if m.student_init:  # params -> student, params_ema -> EMA; only the upsampler may be skipped
         student = build_arch(m.arch, m.scale, preset=m.student_preset, **m.student_kwargs)
-        report = _guard(
+        ema = build_arch(m.arch, m.scale, preset=m.student_preset, **m.student_kwargs)
+        _guard(
             "model.student_init",
             m.student_init,
-            lambda: load_pretrained(student, m.student_init, strict=False, storage_options=opts),
+            lambda: load_student_init(student, m.student_init, ema=ema, storage_options=opts),
         )
-        if not report.loaded:
-            raise InputError(
-                f"model.student_init: no tensor of {redact_url(m.student_init)} fits the {m.arch} "
-                f"x{m.scale} {m.student_preset!r} student: {report.describe_skipped()}"
-            )
 
     def one_batch() -> None:
         stream = build_train_stream(

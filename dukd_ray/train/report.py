@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dukd_ray.eval.cost import ModelCost, cost_ratios  # noqa: E402
 from dukd_ray.eval.setnames import set_aliases  # noqa: E402
+from dukd_ray.models import StudentInit  # noqa: E402
 from dukd_ray.report import Report  # noqa: E402
 
 # docs/distill.md's published results: Y-PSNR (dB), x4, for the full-size teacher/student presets
@@ -111,6 +112,24 @@ def crops_png(panels: list[tuple[str, np.ndarray]], crop: int = 128) -> bytes:
     return _png(fig)
 
 
+def init_lines(init: StudentInit | None, seed: int) -> list[str]:
+    """Where the student's weights started: the file and entries `load_student_init` used, what it skipped."""
+    if init is None:
+        return [f"from scratch: random init (seed {seed}), EMA a copy of it"]
+    s = init.student
+    ema = (
+        f"`{init.ema.entry}` -> EMA ({len(init.ema.loaded)} tensors)"
+        if init.ema
+        else "EMA = a copy of the initialised student (the file has no `params_ema`)"
+    )
+    skipped = ", ".join(f"`{k}`" for k in init.skipped) or "nothing"
+    return [
+        f"from `{s.source}` (non-strict load, {s.layout} layout)",
+        f"`{s.entry or 'state dict'}` -> student ({len(s.loaded)} tensors); {ema}",
+        f"skipped (upsampler only; a skipped student key keeps its random init): {skipped}",
+    ]
+
+
 COST_HEADER = ["model", "params (M)", "MACs (G)", "peak memory (MiB)"]
 
 
@@ -137,16 +156,20 @@ def write_report(
     config: dict[str, Any],
     storage_options: dict[str, Any] | None,
     cost: list[list[str]] | None = None,
+    init: list[str] | None = None,
 ) -> None:
     """report.md and report.html in `run_url` (they link curves.png and crops.png beside them).
 
-    `cost`: rows under `COST_HEADER` (what the student saves against the teacher), if known.
+    `cost`: rows under `COST_HEADER` (what the student saves against the teacher), if known;
+    `init`: the student initialisation section's lines (`init_lines`).
     """
     header = ["model", *sets]
     report = Report(title).heading(title, level=1).bullets(summary)
     report.heading("Results (Y-PSNR dB / SSIM)").table(header, results)
     if paper:
         report.paragraph("Paper reference, Y-PSNR dB (docs/distill.md):").table(header, paper)
+    if init:
+        report.heading("Student initialisation").bullets(init)
     if cost:
         report.heading("Cost per image (LR input 320×180)").table(COST_HEADER, cost)
     report.heading("Curves").image("curves.png", "curves").heading("Crops").image("crops.png", "crops")
