@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from dukd_ray.errors import UserError, add_debug_arg, cli_main
 from dukd_ray.image.convert import to_float_tensor
-from dukd_ray.models.cli import SETUP_ERRORS, add_checkpoint_args, model_from_args
-from dukd_ray.storage import redact_url, write_bytes_atomic
+from dukd_ray.models.cli import add_checkpoint_args, model_from_args, refuse_overwriting
+from dukd_ray.storage import get_fs, redact_url, write_bytes_atomic
 
 FORMATS = ("onnx", "torchscript")
 FP32_TOLERANCE = 1e-4
@@ -213,20 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_args(p)
     p.add_argument("--fp16", action="store_true", help="float16 weights and I/O (ONNX only)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    add_debug_arg(p)
     return p
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: 0 when the verified file was written, 1 if verification failed, 2 on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.fp16 and args.format != "onnx":
         parser.error("--fp16 is only offered for --format onnx")
-    try:
-        model = model_from_args(args)
-    except SETUP_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    refuse_overwriting(args.out, args.checkpoint, "--out", "--checkpoint")
+    fs, path = get_fs(args.out)
+    if fs.isdir(path):
+        raise UserError(f"--out {redact_url(args.out)} is a folder; expected the file to write")
+    model = model_from_args(args)
     try:
         report = export_model(model, args.out, args.format, fp16=args.fp16, opset=args.opset)
     except ExportVerificationError as e:

@@ -28,6 +28,7 @@ import numpy as np
 from dukd_ray.data.pack import pack
 from dukd_ray.data.samples import write_sample_data
 from dukd_ray.distill import METHODS
+from dukd_ray.errors import UserError, add_debug_arg, cli_main
 from dukd_ray.eval.benchmark import (
     Pair,
     evaluate_bicubic,
@@ -287,6 +288,7 @@ _EXPLAIN = (
 )
 
 
+@cli_main(returns_status=False)
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(
         description="DUKD quickstart: teacher, then scratch/kd/dukd students, then a report."
@@ -299,11 +301,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patch-size", type=int, default=24, help="LR patch side")
     p.add_argument("--val-every", type=int, default=50)
+    add_debug_arg(p)
     args = p.parse_args(argv)
+    if os.path.isfile(args.out):
+        raise UserError(
+            f"--out {args.out} is a file; expected a folder (new or one of an earlier quickstart)"
+        )
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        raise UserError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 10,11") from None
     budget = Budget(
         teacher_steps=args.teacher_steps,
         steps=args.steps,
-        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        seeds=seeds,
         batch_size=args.batch_size,
         patch_size=args.patch_size,
         val_every=args.val_every,

@@ -20,10 +20,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dukd_ray.errors import UserError, add_debug_arg, cli_main
 from dukd_ray.eval.inference import InferenceOptions, model_device, super_resolve
 from dukd_ray.image.convert import to_float_tensor, to_uint8_hwc
 from dukd_ray.image.io import IMAGE_SUFFIXES, is_image_name, read_image, write_png
-from dukd_ray.models.cli import SETUP_ERRORS, add_checkpoint_args, model_from_args
+from dukd_ray.models.cli import (
+    add_checkpoint_args,
+    location,
+    model_from_args,
+    refuse_overwriting,
+    resolve_device,
+)
 from dukd_ray.storage import basename, get_fs, join, list_folder, redact_url
 
 
@@ -40,13 +47,20 @@ def find_images(
 ) -> list[UpscaleTask]:
     """Expand files and folders (searched recursively for image suffixes) into tasks writing `<stem>.png`.
 
-    A folder's sub-folders are kept under `out`. Two inputs that would write the same PNG are an
-    error before anything runs, so no result silently overwrites another.
+    A folder's sub-folders are kept under `out`. Two inputs that would write the same PNG, an `out`
+    that is an input folder or a file, and a PNG that would replace an input are errors before
+    anything runs, so no result silently overwrites another or an original.
     """
+    out_fs, out_path = get_fs(out, storage_options)
+    if out_fs.isfile(out_path):
+        raise UserError(
+            f"--out {redact_url(out)} is a file; expected a folder (new or existing) for the PNGs"
+        )
     tasks: list[UpscaleTask] = []
     for inp in inputs:
         fs, path = get_fs(inp, storage_options)
         if fs.isdir(path):
+            refuse_overwriting(out, inp, "--out", "input folder")
             found = [rel for rel in list_folder(inp, storage_options, recursive=True) if is_image_name(rel)]
             if not found:
                 raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {redact_url(inp)}")
@@ -64,6 +78,13 @@ def find_images(
                 f"{redact_url(t.dest)}; rename one or upscale them into different --out folders"
             )
         by_dest[t.dest] = t.source
+    sources = {location(t.source, storage_options) for t in tasks}
+    for t in tasks:
+        if location(t.dest, storage_options) in sources:
+            raise UserError(
+                f"--out {redact_url(out)}: the result of {redact_url(t.source)} would be written over the "
+                f"input {redact_url(t.dest)}; choose another --out"
+            )
     return tasks
 
 
@@ -112,13 +133,6 @@ def upscale_all(
     return failures
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dukd_ray.upscale",
@@ -136,16 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    add_debug_arg(p)
     return p
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns 0 if every image was written, 1 if some were skipped, 2 on a setup error."""
     parser = build_parser()
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.amp and device.type != "cuda":
         parser.error(f"--amp (bfloat16) needs a CUDA device, got --device {args.device} -> {device}")
     try:
@@ -154,12 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ValueError as e:  # names the field: --tile / --tile-overlap
         parser.error(str(e))
-    try:
-        model = model_from_args(args)
-        tasks = find_images(args.inputs, args.out)
-    except SETUP_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model = model_from_args(args)
+    tasks = find_images(args.inputs, args.out)
     model = model.to(device).eval()
     failures = upscale_all(model, tasks, options)
     written = len(tasks) - len(failures)

@@ -1,6 +1,6 @@
 """The layering docs/architecture.md draws, checked on every import statement of the code.
 
-Low to high: storage -> report -> image -> models -> eval | data -> distill -> train -> tune ->
+Low to high: storage -> errors -> report -> image -> models -> eval | data -> distill -> train -> tune ->
 entrypoints -> jobs. A module may import its own component and lower layers only; eval and data
 (one layer) never import each other, distill (pure torch) imports neither, and no entrypoint
 imports another. Every import counts: module level, inside functions and under TYPE_CHECKING.
@@ -19,6 +19,7 @@ PACKAGE = "dukd_ray"
 # Layers low to high; a tuple holds components of one layer, which must not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("storage",),
+    ("errors",),  # the CLIs' one error path (dukd_ray/errors.py): needs StorageError
     ("report",),
     ("image",),
     ("models",),

@@ -8,6 +8,11 @@ Every object is written atomically. After each shard, `_pack_progress.json` reco
 far and where each ends in the (image, crop) sequence; a re-run with the same parameters verifies
 those shards (size and sha256) and continues after the last good one. `manifest.json` is written
 last, so a prefix with a manifest is always complete.
+
+A DST that holds another pack (a manifest or progress record of other parameters, or one we cannot
+read) is refused unless `--overwrite`. Then, and whenever a shard is about to be (re)written, the
+old manifest is removed first, so no manifest ever describes shards that were replaced; the shards
+of the old pack that the new manifest does not list are removed once it is written.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import sys
 from collections import Counter
 from typing import Any
@@ -36,10 +42,21 @@ from dukd_ray.data.shards import (
     shard_info,
 )
 from dukd_ray.data.sources import Record, list_div2k_pairs
-from dukd_ray.storage import get_fs, join, read_bytes, redact_url, with_retries, write_bytes_atomic
+from dukd_ray.errors import UserError, add_debug_arg, cli_main
+from dukd_ray.models.blocks import SUPPORTED_SCALES
+from dukd_ray.storage import (
+    get_fs,
+    join,
+    list_folder,
+    read_bytes,
+    redact_url,
+    with_retries,
+    write_bytes_atomic,
+)
 
 log = logging.getLogger(__name__)
 PROGRESS_NAME = "_pack_progress.json"
+SHARD_NAME = re.compile(r"shard-\d{5}\.bin")  # the names `_Writer` gives; nothing else is ever removed
 
 
 def crop_starts(length: int, crop: int, step: int) -> list[int]:
@@ -78,13 +95,22 @@ def pack(
     src_options: dict[str, Any] | None = None,
     dst_options: dict[str, Any] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Manifest:
-    """Pack the DIV2K-layout root `src` into shards + manifest.json under `dst`; resumes if interrupted."""
+    """Pack the DIV2K-layout root `src` into shards + manifest.json under `dst`; resumes if interrupted.
+
+    A pack of other parameters already in `dst` is a UserError unless `overwrite`.
+    """
+    if scale not in SUPPORTED_SCALES:
+        raise UserError(f"--scale {scale}: expected one of {', '.join(map(str, SUPPORTED_SCALES))}")
     for flag, value in (("--crop", crop), ("--step", step)):
         if value <= 0 or value % scale:
             raise ValueError(f"{flag} {value} must be a positive multiple of the scale {scale}")
     if shard_size_mb <= 0:
         raise ValueError(f"--shard-size-mb must be positive, got {shard_size_mb}")
+    fs, path = get_fs(dst, dst_options)
+    if with_retries(lambda: fs.isfile(path), dst):
+        raise UserError(f"DST {redact_url(dst)} is a file; expected a folder or prefix for the shards")
     pairs = list_div2k_pairs(src, scale, src_options)
     params = {
         "scale": scale,
@@ -93,9 +119,11 @@ def pack(
         "shard_size_mb": shard_size_mb,
         "images": hashlib.sha256("\n".join(p.name for p in pairs).encode()).hexdigest()[:16],
     }
-    shards, ends, shapes = _resume(dst, params, dst_options)
+    shards, ends, shapes = _resume(dst, params, dst_options, overwrite)
     writer = _Writer(dst, dst_options, params, shards, ends, shapes)
     first_image, first_crop = ends[-1] if ends else (0, 0)
+    if first_image < len(pairs):  # a shard will be written: no manifest may describe the old one
+        _remove(dst, MANIFEST_NAME, dst_options)
     limit = int(shard_size_mb * 2**20)
     buf: list[Record] = []
     size = 0
@@ -157,25 +185,49 @@ class _Writer:
         }
         manifest = Manifest(scale, tuple(self.shards), sum(s.records for s in self.shards), meta)
         write_bytes_atomic(join(self.dst, MANIFEST_NAME), manifest.to_json(), self.options)
-        fs, path = get_fs(join(self.dst, PROGRESS_NAME), self.options)
-        with contextlib.suppress(FileNotFoundError):  # none when no shard was written
-            with_retries(lambda: fs.rm_file(path), self.dst)
+        _remove(self.dst, PROGRESS_NAME, self.options)  # none when no shard was written
+        listed = {s.name for s in self.shards}
+        for name in list_folder(self.dst, self.options, missing_ok=True):
+            if SHARD_NAME.fullmatch(name) and name not in listed:  # left by a pack this one replaced
+                _remove(self.dst, name, self.options)
         return manifest
+
+
+def _remove(dst: str, name: str, options: dict[str, Any] | None) -> None:
+    fs, path = get_fs(join(dst, name), options)
+    with contextlib.suppress(FileNotFoundError):
+        with_retries(lambda: fs.rm_file(path), join(dst, name))
 
 
 def _shape_key(shape: tuple[int, ...]) -> str:
     return f"{shape[0]}x{shape[1]}"
 
 
-def _resume(dst: str, params: dict[str, Any], options: dict[str, Any] | None) -> tuple[list, list, Counter]:
-    """The shards of an earlier run with the same parameters that still verify, in order."""
+def _resume(
+    dst: str, params: dict[str, Any], options: dict[str, Any] | None, overwrite: bool = False
+) -> tuple[list, list, Counter]:
+    """The shards of an earlier run with the same parameters that still verify, in order.
+
+    Another pack in `dst` is a UserError, or with `overwrite` its manifest and progress record are
+    removed (before any shard is written) and packing starts from scratch.
+    """
     previous = _previous_run(dst, options)
     if previous is None:
         return [], [], Counter()
-    prev_params, prev_shards, prev_ends = previous
-    if prev_params != params:
-        log.warning("%s holds a pack with other parameters; packing from scratch", redact_url(dst))
+    url, record = previous
+    if isinstance(record, str) or record[0] != params:
+        why = record if isinstance(record, str) else _differences(record[0], params)
+        if not overwrite:
+            kind = "a pack" if url.endswith(MANIFEST_NAME) else "an unfinished pack"
+            raise UserError(
+                f"DST {redact_url(dst)} holds {kind} this one would replace ({why}); pass --overwrite "
+                "to replace it, or choose another DST"
+            )
+        log.warning("--overwrite: replacing the pack in %s (%s)", redact_url(dst), why)
+        _remove(dst, MANIFEST_NAME, options)
+        _remove(dst, PROGRESS_NAME, options)
         return [], [], Counter()
+    prev_params, prev_shards, prev_ends = record
     shards, ends, shapes = [], [], Counter()
     for info, end in zip(prev_shards, prev_ends, strict=True):
         url = join(dst, info.name)
@@ -194,7 +246,8 @@ def _resume(dst: str, params: dict[str, Any], options: dict[str, Any] | None) ->
     return shards, ends, shapes
 
 
-def _previous_run(dst: str, options: dict[str, Any] | None) -> tuple[dict, list[ShardInfo], list] | None:
+def _previous_run(dst: str, options: dict[str, Any] | None) -> tuple[str, tuple | str] | None:
+    """The manifest (else progress record) in `dst`: its (params, shards, ends), or why it is unreadable."""
     for name in (MANIFEST_NAME, PROGRESS_NAME):
         url = join(dst, name)
         try:
@@ -204,12 +257,20 @@ def _previous_run(dst: str, options: dict[str, Any] | None) -> tuple[dict, list[
         try:
             if name == MANIFEST_NAME:
                 m = parse_manifest(data, url)
-                return m.meta["pack"]["params"], list(m.shards), m.meta["pack"]["ends"]
+                return url, (m.meta["pack"]["params"], list(m.shards), m.meta["pack"]["ends"])
             body = json.loads(data)
-            return body["params"], [ShardInfo(**s) for s in body["shards"]], body["ends"]
+            return url, (body["params"], [ShardInfo(**s) for s in body["shards"]], body["ends"])
         except (ShardFormatError, ValueError, KeyError, TypeError) as e:  # another version, or damaged
-            log.warning("ignoring %s (%s); packing from scratch", redact_url(url), e)
+            return url, f"{name} unreadable: {type(e).__name__}: {e}"
     return None
+
+
+def _differences(before: Any, now: dict[str, Any]) -> str:
+    if not isinstance(before, dict):
+        return f"parameters {before!r}"
+    names = {"images": "source images", "shard_size_mb": "shard size (MB)"}
+    diff = [f"{names.get(k, k)} {before.get(k)!r} (now {now[k]!r})" for k in now if before.get(k) != now[k]]
+    return "other parameters: " + ", ".join(diff)
 
 
 def _options(text: str | None, flag: str) -> dict[str, Any] | None:
@@ -218,23 +279,28 @@ def _options(text: str | None, flag: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except ValueError as e:
-        raise SystemExit(f"{flag}: not valid JSON ({e})") from None
+        raise UserError(f"{flag}: not valid JSON ({e})") from None
     if not isinstance(value, dict):
-        raise SystemExit(f"{flag}: expected a JSON object")
+        raise UserError(f"{flag}: expected a JSON object")
     return value
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dukd_ray.data.pack", description=__doc__.splitlines()[0])
     p.add_argument("src", help="DIV2K-layout root (any fsspec URL)")
     p.add_argument("dst", help="shard prefix to write (any fsspec URL)")
-    p.add_argument("--scale", type=int, required=True)
+    p.add_argument("--scale", type=int, required=True, choices=SUPPORTED_SCALES)
     p.add_argument("--crop", type=int, default=480, help="HR sub-image size (BasicSR: 480)")
     p.add_argument("--step", type=int, default=240, help="HR sub-image step (BasicSR: 240)")
     p.add_argument("--shard-size-mb", type=float, default=256)
     p.add_argument("--src-storage-options", help="JSON fsspec options for SRC (prefer env/profile for keys)")
     p.add_argument("--dst-storage-options", help="JSON fsspec options for DST")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a pack of other parameters already in DST"
+    )
+    add_debug_arg(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     m = pack(
@@ -247,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         _options(a.src_storage_options, "--src-storage-options"),
         _options(a.dst_storage_options, "--dst-storage-options"),
         progress=not a.no_progress,
+        overwrite=a.overwrite,
     )
     print(
         f"packed {m.num_records} crops from {m.meta['num_images']} images into {len(m.shards)} shards "

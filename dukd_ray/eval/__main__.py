@@ -14,13 +14,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import torch
-
+from dukd_ray.errors import UserError, add_debug_arg, cli_main
 from dukd_ray.eval.benchmark import evaluate_bicubic, evaluate_sets, list_sets, load_benchmark_sets
 from dukd_ray.eval.inference import InferenceOptions, model_scale
 from dukd_ray.eval.scores import SetScores
 from dukd_ray.models import ARCHS, PRESET_NAMES, SUPPORTED_SCALES, build_from_checkpoint
-from dukd_ray.models.cli import SETUP_ERRORS
+from dukd_ray.models.cli import resolve_device
 from dukd_ray.storage import redact_url
 
 BICUBIC = "bicubic"
@@ -42,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bicubic", action="store_true", help="add the bicubic baseline column")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--per-image", action="store_true", help="also print every image's scores")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    add_debug_arg(p)
     return p
 
 
@@ -71,17 +71,18 @@ def format_table(results: dict[str, dict[str, SetScores]], scale: int, per_image
 def run(args: argparse.Namespace) -> str:
     """Evaluate as the arguments say and return the table."""
     if args.arch != BICUBIC and not args.checkpoint:
-        raise ValueError("--checkpoint is required (or use --arch bicubic for the bicubic baseline)")
+        raise UserError("--checkpoint is required (or use --arch bicubic for the bicubic baseline)")
+    device = resolve_device(args.device)
     options = InferenceOptions(
         self_ensemble=args.self_ensemble, tile=args.tile, tile_overlap=args.tile_overlap, amp=args.bf16
     )
     model = None
     scale = args.scale
     if args.arch != BICUBIC:
-        model = build_from_checkpoint(args.checkpoint, args.arch, args.scale, args.preset).to(args.device)
+        model = build_from_checkpoint(args.checkpoint, args.arch, args.scale, args.preset).to(device)
         scale = scale or model_scale(model)
     if scale is None:
-        raise ValueError("--scale is required for --arch bicubic")
+        raise UserError("--scale is required for --arch bicubic")
     data = args.data
     if data is None:
         from dukd_ray.data.samples import default_sample_data
@@ -100,13 +101,10 @@ def run(args: argparse.Namespace) -> str:
     return format_table(results, scale, args.per_image)
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        print(run(args))
-    except SETUP_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """0 with the table printed; 2 (one `error:` line) on a bad flag, file or data set."""
+    print(run(build_parser().parse_args(argv)))
     return 0
 
 

@@ -2,12 +2,17 @@
 
 All images inside dukd-ray are RGB uint8 HWC numpy arrays. Grayscale and RGBA inputs are
 converted (and said once per source, not once per image, so logs stay readable).
+
+An image of more than `MAX_IMAGE_PIXELS` (2**28, about 268 M pixels: 16384 x 16384, eight times an
+8K photograph) is refused before it is decoded: a small file whose header claims a huge size (a
+decompression bomb) would otherwise take the whole memory. PIL's own check is set to the same limit.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from typing import Any
 
@@ -20,6 +25,9 @@ log = logging.getLogger(__name__)
 _converted_modes_said: set[str] = set()
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MAX_IMAGE_PIXELS = 2**28
+# PIL warns above its limit and raises above twice it; ours is checked first, from the header alone
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 
 def is_image_name(path: str) -> bool:
@@ -36,10 +44,18 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     """Decode bytes to RGB uint8 HWC; `name` is used in errors and the conversion notice."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our check below says it
+            img = Image.open(io.BytesIO(data))  # reads the header only
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise _too_large(name, f"{width}x{height} = {width * height:,}")
             img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:  # over twice the limit: PIL refuses before we see the size
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(name, f"{int(pixels.group(1)):,}" if pixels else "more than") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ImageDecodeError):
+            raise
         raise ImageDecodeError(
             f"cannot decode image {redact_url(name)}: {type(e).__name__}: {e} (corrupt or truncated file?)"
         ) from None
@@ -55,6 +71,13 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
             img = Image.fromarray(arr)
         img = img.convert("RGB")
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def _too_large(name: str, pixels: str) -> ImageDecodeError:
+    return ImageDecodeError(
+        f"image {redact_url(name)} is {pixels} pixels, over the limit of {MAX_IMAGE_PIXELS:,} (2**28) "
+        "pixels: a decompression bomb, or a picture to downscale first"
+    )
 
 
 def read_image(url: str, storage_options: dict[str, Any] | None = None) -> np.ndarray:

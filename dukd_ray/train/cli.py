@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from dukd_ray.distill import METHODS, DistillConfig
+from dukd_ray.errors import add_debug_arg, cli_main
 from dukd_ray.models import ARCHS, SUPPORTED_SCALES
 from dukd_ray.storage import redact_url
 from dukd_ray.train.config import ConfigError, JobConfig, parse_overrides
-from dukd_ray.train.preflight import InputError
 from dukd_ray.train.trainer import TrainResult, run_training
 
 
@@ -48,13 +48,14 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--tiny", action="store_true", help="tiny nets and short patches: a CPU smoke run in a minute"
     )
+    add_debug_arg(p)
     return p
 
 
 def apply_args(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
     """`--config`, then the flags and `--set` together (so e.g. --val-data and data.val_sets agree)."""
     if args.config:
-        cfg.update_from_yaml(args.config)
+        _update_from_config_file(cfg, args.config)
     flags: dict[str, Any] = {
         "data.train": args.data,
         "data.val": args.val_data,
@@ -75,18 +76,35 @@ def apply_args(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
     return JobConfig.from_dict(values, base=cfg)
 
 
+def _update_from_config_file(cfg: JobConfig, url: str) -> None:
+    """`--config FILE`: a file that is missing, a folder or not text is one ConfigError naming it."""
+    where = f"--config {redact_url(url)}"
+    try:
+        cfg.update_from_yaml(url)
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a folder (expected a YAML config file)") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{where}: no such file (expected a YAML config file)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not a text file (expected a YAML config file)") from None
+    except ConfigError as e:
+        raise ConfigError(f"--config {e}") from None
+
+
+@cli_main(returns_status=False)
 def main(preset: str, argv: Sequence[str] | None = None) -> TrainResult:
     """`python jobs/<preset>.py [flags]`: distil the preset's student from its teacher."""
     parser = build_parser(f"Distil the {preset} student (DUKD paper config) on Ray Train.")
     args = parser.parse_args(argv)
-    return _run(parser, lambda: apply_args(JobConfig.from_preset(preset, tiny=args.tiny), args))
+    return _run(lambda: apply_args(JobConfig.from_preset(preset, tiny=args.tiny), args))
 
 
+@cli_main(returns_status=False)
 def main_teacher(argv: Sequence[str] | None = None) -> TrainResult:
     """`python jobs/train_teacher.py --arch edsr --scale 4 [flags]`: train a teacher from scratch."""
     parser = teacher_parser()
     args = parser.parse_args(argv)
-    return _run(parser, lambda: teacher_config(args))
+    return _run(lambda: teacher_config(args))
 
 
 def teacher_parser() -> argparse.ArgumentParser:
@@ -105,13 +123,9 @@ def teacher_config(args: argparse.Namespace) -> JobConfig:
     return apply_args(cfg, args)
 
 
-def _run(parser: argparse.ArgumentParser, config: Any) -> TrainResult:
-    """Build the config and train; config/input errors exit with status 2 and one clear line."""
-    try:
-        cfg = config()
-        result = run_training(cfg)
-    except (ConfigError, InputError) as e:
-        parser.exit(2, f"error: {e}\n")
+def _run(config: Any) -> TrainResult:
+    """Build the config and train; config/input errors are one line and status 2 (`cli_main`)."""
+    result = run_training(config())
     psnr, where = result.metrics["val_psnr"], redact_url(result.run_url)
     print(f"[dukd] done: {result.step} steps, val_psnr {psnr:.2f} dB (EMA weights) in {where}")
     print(f"[dukd] weights: {redact_url(result.weights_url)}, {redact_url(result.safetensors_url)}")

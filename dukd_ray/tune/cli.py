@@ -11,16 +11,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from dukd_ray.errors import cli_main
 from dukd_ray.storage import redact_url
 from dukd_ray.train.cli import apply_args, build_parser
-from dukd_ray.train.config import PRESETS, ConfigError, JobConfig
-from dukd_ray.train.preflight import InputError
+from dukd_ray.train.config import PRESETS, JobConfig
 from dukd_ray.tune.results import BEST_CONFIG, PLOT_PNG, TABLE_MD
-from dukd_ray.tune.space import SpaceError
 from dukd_ray.tune.sweep import (
     SCHEDULERS,
     SEARCHES,
-    SweepError,
     SweepOutcome,
     SweepSpec,
     read_space_text,
@@ -94,16 +92,15 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     )
 
 
+@cli_main(returns_status=False)
 def main(argv: Sequence[str] | None = None) -> SweepOutcome:
+    """Run the sweep; a bad flag, file or config is one `error:` line and status 2, before Ray starts."""
     parser = build_sweep_parser()
     args = parser.parse_args(argv)
     for dest, instead in _TRIAL_RESOURCE_FLAGS.items():
         if getattr(args, dest):
             parser.error(f"--{dest.replace('_', '-')} is a job flag; a sweep sizes each trial with {instead}")
-    try:
-        outcome = run_sweep(spec_from_args(args), resume=args.resume)
-    except (ConfigError, InputError, SpaceError, SweepError) as e:  # one line, before Ray starts anything
-        parser.exit(2, f"error: {e}\n")
+    outcome = run_sweep(spec_from_args(args), resume=args.resume)  # ConfigError, SweepError, ...: cli_main
     files = outcome.files
     print(f"[dukd] sweep {redact_url(outcome.url)}: {len(outcome.records)} trials")
     print(f"[dukd] table: {redact_url(files[TABLE_MD])}  plot: {redact_url(files[PLOT_PNG])}")
