@@ -8,8 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ["dukd_ray", "tests", "jobs", "benchmarks", "cluster", "docs", "README.md"]
 SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt"}
-# Markdown files the service writes into a run or sweep folder: outputs, not documents to look up.
-OUTPUTS = {"report.md", "trials.md"}
+# Markdown files the service writes into a run, sweep or chain folder: outputs, not documents to look up.
+OUTPUTS = {"report.md", "trials.md", "reproduce.md"}
 CITATION = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.md)\b")
 
 

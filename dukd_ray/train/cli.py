@@ -1,13 +1,15 @@
 """The job CLI every `jobs/*.py` shares: a preset name in, a trained student (and a report) out.
 
-Precedence, lowest first: the preset (`--tiny` for the smoke-test sizes), `--config FILE` (a full
-config or a partial one, e.g. a sweep's best config), the flags, then `--set section.key=value`.
+Precedence, lowest first: the preset (`--tiny` for the smoke-test sizes), `--method`'s recipe,
+`--config FILE` (a full config or a partial one, e.g. a sweep's best config), the flags, then
+`--set section.key=value`. `--print-config` prints the result as JSON and exits.
 Every bad key or value, teacher, data set or storage location is reported before Ray starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +23,19 @@ from dukd_ray.train.trainer import TrainResult, run_training
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
+    add_input_args(p)
+    p.add_argument("--student-init", help="initial student weights (non-strict load, e.g. the x2 student)")
+    p.add_argument(
+        "--method",
+        choices=list(METHODS),
+        help="objective and its recipe (default: dukd, or scratch for a teacher)",
+    )
+    add_run_args(p)
+    return p
+
+
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    """`--data --val-data --teacher`: what a run reads."""
     p.add_argument(
         "--data", help="training data: shard prefix or DIV2K-layout root (default: embedded sample)"
     )
@@ -28,7 +43,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         "--val-data", help="benchmark-layout root; all its sets, or --set data.val_sets=[Set5,Urban100]"
     )
     p.add_argument("--teacher", help="teacher checkpoint URL (.pth or .safetensors)")
-    p.add_argument("--student-init", help="initial student weights (non-strict load, e.g. the x2 student)")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Where and how a run goes, and the config overrides: the flags every job entrypoint shares."""
     p.add_argument("--storage", help="where run folders go: local dir or fsspec URL (default ~/dukd_runs)")
     p.add_argument(
         "--name", help="run name; an existing <storage>/<name> is resumed from its latest checkpoint"
@@ -38,9 +56,6 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="training iterations")
     p.add_argument("--batch-size", type=int, help="patches per worker per step")
     p.add_argument(
-        "--method", choices=list(METHODS), help="objective (default: dukd, or scratch for a teacher)"
-    )
-    p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, repeatable"
     )
     p.add_argument("--config", help="YAML config (full, or partial overrides) applied before the flags")
@@ -48,12 +63,37 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--tiny", action="store_true", help="tiny nets and short patches: a CPU smoke run in a minute"
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as JSON (a valid --config file) and exit: no Ray, no storage",
+    )
     add_debug_arg(p)
-    return p
+
+
+def print_config_if_asked(args: argparse.Namespace, cfg: JobConfig) -> JobConfig:
+    """`--print-config`: `cfg` as JSON on stdout (URLs redacted), then exit 0; else `cfg` unchanged.
+
+    Called on the config the job would train (preset, `--config`, flags, `--set`), before preflight:
+    nothing is resolved against storage and Ray is not started, so the run name and the embedded
+    sample data stay null when not given. The output, written to a file, is a `--config` that
+    reproduces it.
+    """
+    if getattr(args, "print_config", False):
+        print(json.dumps(cfg.redacted_dict(), indent=2), flush=True)
+        raise SystemExit(0)
+    return cfg
 
 
 def apply_args(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
-    """`--config`, then the flags and `--set` together (so e.g. --val-data and data.val_sets agree)."""
+    """`--method`'s recipe, `--config`, then the flags and `--set` together (so --val-data and
+    data.val_sets agree).
+
+    `--method` switches the whole `distill` section and the optimiser schedule to that method's recipe
+    (no weight carries over from the preset's method); a `--config` file or `--set` still changes them.
+    """
+    if args.method:
+        cfg.with_method(args.method)
     if args.config:
         _update_from_config_file(cfg, args.config)
     flags: dict[str, Any] = {
@@ -66,7 +106,6 @@ def apply_args(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
         "run.num_workers": args.num_workers,
         "train.max_steps": args.max_steps,
         "data.batch_size": args.batch_size,
-        "distill.method": args.method,
         "run.use_gpu": False if args.no_gpu else None,
         "train.amp": True if args.amp else None,
     }
@@ -96,7 +135,9 @@ def main(preset: str, argv: Sequence[str] | None = None) -> TrainResult:
     """`python jobs/<preset>.py [flags]`: distil the preset's student from its teacher."""
     parser = build_parser(f"Distil the {preset} student (DUKD paper config) on Ray Train.")
     args = parser.parse_args(argv)
-    return _run(lambda: apply_args(JobConfig.from_preset(preset, tiny=args.tiny), args))
+    return _run(
+        lambda: print_config_if_asked(args, apply_args(JobConfig.from_preset(preset, tiny=args.tiny), args)),
+    )
 
 
 @cli_main(returns_status=False)
@@ -104,7 +145,7 @@ def main_teacher(argv: Sequence[str] | None = None) -> TrainResult:
     """`python jobs/train_teacher.py --arch edsr --scale 4 [flags]`: train a teacher from scratch."""
     parser = teacher_parser()
     args = parser.parse_args(argv)
-    return _run(lambda: teacher_config(args))
+    return _run(lambda: print_config_if_asked(args, teacher_config(args)))
 
 
 def teacher_parser() -> argparse.ArgumentParser:

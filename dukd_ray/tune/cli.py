@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from dukd_ray.errors import cli_main
 from dukd_ray.storage import redact_url
-from dukd_ray.train.cli import apply_args, build_parser
+from dukd_ray.train.cli import apply_args, build_parser, print_config_if_asked
 from dukd_ray.train.config import PRESETS, JobConfig
 from dukd_ray.tune.results import BEST_CONFIG, PLOT_PNG, TABLE_MD
 from dukd_ray.tune.sweep import (
@@ -70,7 +70,7 @@ def build_sweep_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     """The sweep described by the command line (job flags -> the base config every trial starts from)."""
-    base = apply_args(JobConfig.from_preset(args.preset, tiny=args.tiny), args)
+    base = print_config_if_asked(args, apply_args(JobConfig.from_preset(args.preset, tiny=args.tiny), args))
     opts = base.data.storage_options or None
     space_text, space_source = read_space_text(args.space, opts)
     return SweepSpec(
