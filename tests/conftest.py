@@ -16,6 +16,7 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
+import socket  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
@@ -74,3 +75,34 @@ def tiny_teacher(tmp_path_factory):
         return saved[(arch, scale)]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request):
+    """A local Ray for one test module, started as sweeps start theirs (State API address included).
+
+    A module asks for more logical CPUs than the default 2 with a module-level `RAY_CPUS = n`.
+    """
+    import ray
+
+    from dukd_ray.tune.sweep import init_ray
+
+    init_ray(num_cpus=getattr(request.module, "RAY_CPUS", 2))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def free_ports():
+    """Factory: `free_ports(n)` is n distinct ports on 127.0.0.1 that were free a moment ago."""
+
+    def take(n: int) -> list[int]:
+        sockets = [socket.socket() for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in sockets]
+        for s in sockets:
+            s.close()
+        return ports
+
+    return take

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 
-import pytest
-import ray
 import s3fs
 import torch
 from flaky_s3 import FAULTS, FlakyS3Proxy
@@ -20,13 +18,6 @@ from dukd_ray.train import JobConfig, run_training
 
 BLOCK = 5 << 20  # s3fs's smallest multipart part: shards and checkpoints above two blocks go multipart
 STEPS = 6
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def _job(data: str, storage: str, name: str, teacher: str, opts: dict, steps: int) -> JobConfig:

@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,6 @@ from dukd_ray.models import build_arch, load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _pids_of(temp_dir: str) -> list[int]:
@@ -67,9 +56,9 @@ def _stop_cluster(temp_dir: str) -> None:
 
 
 @pytest.fixture
-def ray_head():
+def ray_head(free_ports):
     """A one-node Ray cluster on 127.0.0.1 with the job server; yields (dashboard address, env)."""
-    gcs, dashboard, client, agent = _free_ports(4)
+    gcs, dashboard, client, agent = free_ports(4)
     temp_dir = tempfile.mkdtemp(prefix="ray-e2e-", dir="/tmp")  # short: Ray's socket paths must fit
     env = {
         **os.environ,

@@ -20,22 +20,22 @@ from dukd_ray.train.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _teacher(tmp_path: Path, arch: str, scale: int) -> str:
-    prefix = str(tmp_path / f"{arch}_x{scale}_teacher")
-    model = build_arch(arch, scale, preset="tiny_teacher")
-    save_weights(prefix, model.state_dict(), arch_spec=model.arch_spec)
-    return prefix + ".pth"
+@pytest.fixture
+def config(sample_data, tmp_path, tiny_teacher):
+    """Factory: the tiny EDSR x4 job on the sample data with a tiny teacher, plus `overrides`."""
 
+    def make(**overrides: str) -> JobConfig:
+        values = {
+            "data.train": sample_data.train_url,
+            "data.val": sample_data.benchmark_url,
+            "run.storage": str(tmp_path / "runs"),
+            "model.teacher": tiny_teacher("edsr", 4),
+            **overrides,
+        }
+        overridden = (f"{k}={v}" for k, v in values.items())
+        return JobConfig.from_preset("edsr_x4", tiny=True).apply_overrides(overridden)
 
-def _config(sample_data, tmp_path: Path, **overrides: str) -> JobConfig:
-    values = {
-        "data.train": sample_data.train_url,
-        "data.val": sample_data.benchmark_url,
-        "run.storage": str(tmp_path / "runs"),
-        "model.teacher": _teacher(tmp_path, "edsr", 4),
-        **overrides,
-    }
-    return JobConfig.from_preset("edsr_x4", tiny=True).apply_overrides(f"{k}={v}" for k, v in values.items())
+    return make
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ def _no_ray_before():
         ("garbage", r"model.teacher \(.*garbage.pth\)"),
     ],
 )
-def test_bad_teacher(sample_data, tmp_path, teacher, message):
+def test_bad_teacher(tiny_teacher, config, sample_data, tmp_path, teacher, message):
     if teacher == "missing.pth":
         url = str(tmp_path / "missing.pth")
     elif teacher == "garbage":
@@ -62,44 +62,44 @@ def test_bad_teacher(sample_data, tmp_path, teacher, message):
         Path(url).write_bytes(b"not a checkpoint")
     else:
         arch, scale = teacher.split("_x")
-        url = _teacher(tmp_path, arch, int(scale))
+        url = tiny_teacher(arch, int(scale))
     with pytest.raises(InputError, match=message):
-        run_training(_config(sample_data, tmp_path, **{"model.teacher": url}))
+        run_training(config(**{"model.teacher": url}))
 
 
-def test_student_init_loads_non_strictly_but_must_fit(sample_data, tmp_path):
+def test_student_init_loads_non_strictly_but_must_fit(config, sample_data, tmp_path):
     """The paper starts the x4 student from the x2 one (upsampler differs); a non-checkpoint fails."""
     x2 = build_arch("edsr", 2, preset="tiny_student")
     save_weights(str(tmp_path / "x2_student"), x2.state_dict(), arch_spec=x2.arch_spec)
-    cfg = _config(sample_data, tmp_path, **{"model.student_init": str(tmp_path / "x2_student.pth")})
+    cfg = config(**{"model.student_init": str(tmp_path / "x2_student.pth")})
     assert prepare(cfg).model.student_init.endswith("x2_student.pth")
     assert not (tmp_path / "runs").exists()  # the storage probe removes what it wrote
     (tmp_path / "notes.pth").write_text("not weights")
     with pytest.raises(InputError, match=r"model.student_init \(.*notes.pth\)"):
-        prepare(_config(sample_data, tmp_path, **{"model.student_init": str(tmp_path / "notes.pth")}))
+        prepare(config(**{"model.student_init": str(tmp_path / "notes.pth")}))
 
 
-def test_a_distillation_method_needs_a_teacher(sample_data, tmp_path):
+def test_a_distillation_method_needs_a_teacher(config, sample_data, tmp_path):
     with pytest.raises(InputError, match=r"model.teacher: distill.method='kd' needs a teacher"):
-        run_training(_config(sample_data, tmp_path, **{"model.teacher": "null", "distill.method": "kd"}))
+        run_training(config(**{"model.teacher": "null", "distill.method": "kd"}))
 
 
-def test_bad_training_data(sample_data, tmp_path):
+def test_bad_training_data(config, sample_data, tmp_path):
     with pytest.raises(InputError, match=r"data.train \(.*nowhere\)"):
-        run_training(_config(sample_data, tmp_path, **{"data.train": str(tmp_path / "nowhere")}))
+        run_training(config(**{"data.train": str(tmp_path / "nowhere")}))
     # the data has no x4 LR images: a scale mismatch between the preset and the data
     x2_only = tmp_path / "x2_only"
     shutil.copytree(sample_data.train_url, x2_only)
     shutil.rmtree(x2_only / "DIV2K_train_LR_bicubic" / "X4")
     with pytest.raises(InputError, match=r"data.train \(.*x2_only\)"):
-        run_training(_config(sample_data, tmp_path, **{"data.train": str(x2_only)}))
+        run_training(config(**{"data.train": str(x2_only)}))
     # every image unreadable
     corrupt = tmp_path / "corrupt"
     shutil.copytree(sample_data.train_url, corrupt)
     for png in corrupt.rglob("*.png"):
         png.write_bytes(b"\x89PNG truncated")
     with pytest.raises(InputError, match=r"data.train \(.*corrupt\).*\.png"):
-        run_training(_config(sample_data, tmp_path, **{"data.train": str(corrupt)}))
+        run_training(config(**{"data.train": str(corrupt)}))
 
 
 def _copy(sample_data, tmp_path: Path) -> Path:
@@ -183,21 +183,21 @@ def _patch_not_multiple_of_scale(sample_data, tmp_path: Path) -> dict[str, str]:
     ],
     ids=lambda v: v.__name__.strip("_") if callable(v) else "",
 )
-def test_bad_input_is_one_line_before_ray_starts(sample_data, tmp_path, make, message):
+def test_bad_input_is_one_line_before_ray_starts(config, sample_data, tmp_path, make, message):
     """Inputs that used to pass the preflight, then fail every worker attempt (minutes, hundreds of lines)."""
-    cfg = _config(sample_data, tmp_path, **make(sample_data, tmp_path))
+    cfg = config(**make(sample_data, tmp_path))
     with pytest.raises(InputError, match=message) as failure:
         run_training(cfg)
     assert "\n" not in str(failure.value)
     assert not (tmp_path / "runs").exists()  # the storage probe leaves nothing behind
 
 
-def test_bad_validation_data(sample_data, tmp_path):
+def test_bad_validation_data(config, sample_data, tmp_path):
     with pytest.raises(InputError, match=r"data.val \(.*\).*Set5"):
-        run_training(_config(sample_data, tmp_path, **{"data.val_sets": "[Set5]"}))
+        run_training(config(**{"data.val_sets": "[Set5]"}))
     with pytest.raises(InputError, match=r"data.val \(.*empty\).*no benchmark sets"):
         (tmp_path / "empty").mkdir()
-        run_training(_config(sample_data, tmp_path, **{"data.val": str(tmp_path / "empty")}))
+        run_training(config(**{"data.val": str(tmp_path / "empty")}))
 
 
 def test_cli_reports_config_errors_with_status_2(sample_data, tmp_path, capsys):

@@ -19,7 +19,7 @@ import torch
 from dukd_ray.data.pack import pack
 from dukd_ray.data.shards import decode_header, header_length
 from dukd_ray.eval.benchmark import evaluate_sets, load_benchmark_sets
-from dukd_ray.models import build_arch, build_from_checkpoint, save_weights
+from dukd_ray.models import build_arch, build_from_checkpoint
 from dukd_ray.storage import exists, join, read_bytes
 from dukd_ray.train import InputError, JobConfig, TrainResult, run_training
 from dukd_ray.train import trainer as trainer_module
@@ -31,19 +31,8 @@ TIMING = ("samples_per_s", "data_wait_frac")  # wall-clock metrics: the only one
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def teacher_url(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    model = build_arch("edsr", 4, preset="tiny_teacher")
-    prefix = str(tmp_path_factory.mktemp("teacher") / "teacher")
-    save_weights(prefix, model.state_dict(), arch_spec=model.arch_spec)
-    return prefix + ".pth"
+def teacher_url(tiny_teacher) -> str:
+    return tiny_teacher("edsr", 4)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,11 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 
 import fsspec
 import pytest
-import ray
 from ray import tune
 
-from dukd_ray.models import build_arch, save_weights
 from dukd_ray.train.cli import apply_args, build_parser
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.trainer import prepare
@@ -27,35 +24,15 @@ from dukd_ray.tune.results import BEST_CONFIG, TABLE_CSV
 from dukd_ray.tune.sweep import SweepError, run_sweep
 
 MAX_STEPS = 6
+RAY_CPUS = 3  # the 2-core machine: two 1-worker trials and their drivers (0.01 CPU) side by side
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A local cluster whose State API address its workers are told explicitly.
-
-    Ray Train's PlacementGroupCleaner frees the workers of a trial that Tune stopped early; it finds the
-    cluster through the State API, which refuses to guess when other Ray instances run on the same
-    machine (other test sessions), so the dashboard address is passed to every worker.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    # 3 logical CPUs on the 2-core machine: two 1-worker trials and their drivers (0.01 CPU) side by side
-    ray.init(num_cpus=3, include_dashboard=True, dashboard_port=port, runtime_env={"env_vars": env})
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def job_args(sample_data, tmp_path_factory):
+def job_args(sample_data, tiny_teacher):
     """The job flags of every trial: tiny nets, the sample data, a tiny teacher, 6 steps."""
-    teacher = build_arch("edsr", 4, preset="tiny_teacher")
-    prefix = str(tmp_path_factory.mktemp("teacher") / "tiny_teacher")
-    save_weights(prefix, teacher, arch_spec=teacher.arch_spec)
     return [
         "--tiny",
-        "--teacher", f"{prefix}.pth",
+        "--teacher", tiny_teacher("edsr", 4),
         "--data", sample_data.train_url,
         "--val-data", sample_data.benchmark_url,
         "--set", "data.val_sets=[Sample]",

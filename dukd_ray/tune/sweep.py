@@ -206,7 +206,7 @@ def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[An
         saved = json.dumps(spec.comparable(), indent=2).encode()
         storage.write_bytes_atomic(spec_url, saved, spec.storage_options)
 
-    _init_ray()
+    init_ray()
     driver = tune.with_parameters(
         _trial_driver,
         base=base.to_dict(),
@@ -236,8 +236,8 @@ def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[An
     return summarize(spec, space=space)
 
 
-def _init_ray() -> None:
-    """Join the cluster of RAY_ADDRESS (`ray job submit`), or start a local one for this sweep.
+def init_ray(**local_init: Any) -> None:
+    """Join the cluster of RAY_ADDRESS (`ray job submit`), or start a local one (`ray.init(**local_init)`).
 
     A local cluster tells its workers its dashboard (State API) address: Ray Train frees the workers of
     a trial that Tune stopped early through the State API, which otherwise cannot tell which cluster is
@@ -254,7 +254,7 @@ def _init_ray() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    ray.init(include_dashboard=True, dashboard_port=port, runtime_env={"env_vars": env})
+    ray.init(include_dashboard=True, dashboard_port=port, runtime_env={"env_vars": env}, **local_init)
 
 
 def summarize(spec: SweepSpec, space: SearchSpace | None = None) -> SweepOutcome:
