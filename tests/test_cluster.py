@@ -30,7 +30,8 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.runtime_env import RuntimeEnv
 
 import dukd_ray.train.cli
-import dukd_ray.tune.cli  # noqa: F401  (JOB_RUNNERS patches it through sys.modules)
+import dukd_ray.train.pipeline  # noqa: F401  (JOB_RUNNERS patches these through sys.modules)
+import dukd_ray.tune.cli  # noqa: F401
 from dukd_ray.data.shards import RecordInfo
 from dukd_ray.distill import recipe
 from dukd_ray.models import build_arch
@@ -42,7 +43,11 @@ RAYJOB = ROOT / "cluster" / "kuberay" / "rayjob-edsr-x4.yaml"
 DOCS = ROOT / "docs" / "cluster.md"
 # Where a job built on the shared job CLI hands over to Ray: replaced by a stop, so a documented command
 # is parsed and its config fully validated without starting Ray. Other jobs stop right after parsing.
-JOB_RUNNERS = {"dukd_ray.train.cli": "run_training", "dukd_ray.tune.cli": "run_sweep"}
+JOB_RUNNERS = {
+    "dukd_ray.train.cli": "run_training",
+    "dukd_ray.tune.cli": "run_sweep",
+    "dukd_ray.train.pipeline": "run_plan",
+}
 
 
 def pinned(package: str) -> str:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from dukd_ray.distill import METHODS, DistillConfig
+from dukd_ray.distill import METHODS
 from dukd_ray.errors import add_debug_arg, cli_main
 from dukd_ray.models import ARCHS, SUPPORTED_SCALES
 from dukd_ray.storage import redact_url
@@ -160,7 +160,7 @@ def teacher_config(args: argparse.Namespace) -> JobConfig:
     cfg = JobConfig.from_preset(f"{args.arch}_x{args.scale}", tiny=args.tiny)
     m = cfg.model
     m.student_preset, m.student_kwargs = m.teacher_preset, m.teacher_kwargs
-    cfg.distill, cfg.run.export_name = DistillConfig(method="scratch"), "teacher"
+    cfg.with_method("scratch").run.export_name = "teacher"
     return apply_args(cfg, args)
 
 
