@@ -21,8 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from dukd_ray.errors import UserError, add_debug_arg, cli_main
-from dukd_ray.eval.inference import InferenceOptions, model_device, super_resolve
-from dukd_ray.image.convert import to_float_tensor, to_uint8_hwc
+from dukd_ray.eval.inference import InferenceOptions, model_device, super_resolve_uint8
+from dukd_ray.image.convert import to_float_tensor
 from dukd_ray.image.io import IMAGE_SUFFIXES, is_image_name, read_image, write_png
 from dukd_ray.models.cli import (
     add_checkpoint_args,
@@ -95,11 +95,14 @@ def _png_name(rel: str) -> str:
 def upscale_image(
     model: nn.Module, img: np.ndarray, options: InferenceOptions = InferenceOptions()
 ) -> np.ndarray:
-    """Super-resolve one RGB uint8 image with `model` on its own device."""
+    """Super-resolve one RGB uint8 image with `model` on its own device.
+
+    With `options.tile` the output is assembled tile by tile in uint8 (see `super_resolve_uint8`):
+    peak memory is the uint8 result plus the float LR and one tile's work, whatever the image size.
+    """
     lr = to_float_tensor(img, device=model_device(model))
     with torch.inference_mode():
-        sr = super_resolve(model, lr, options)
-    return to_uint8_hwc(sr, "super-resolved image")
+        return super_resolve_uint8(model, lr, options)
 
 
 def upscale_all(

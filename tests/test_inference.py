@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from skimage import data as photos
 from torch import nn
 
-from dukd_ray.eval.inference import InferenceOptions, super_resolve
+from dukd_ray.eval import inference
+from dukd_ray.eval.inference import InferenceOptions, super_resolve, super_resolve_uint8
+from dukd_ray.image.convert import to_float_tensor, to_uint8_hwc
 
 
 class ConvSR(nn.Module):
@@ -44,6 +48,14 @@ class SymmetricSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv2(torch.relu(self.conv1(x)))
         return nn.functional.interpolate(y, scale_factor=self.scale, mode="nearest")
+
+
+class ResidualSR(ConvSR):
+    """ConvSR's output as a correction to nearest upsampling: photo-like values, some outside [0, 1]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        near = nn.functional.interpolate(x, scale_factor=self.arch_spec["scale"], mode="nearest")
+        return near + self.body(x)
 
 
 def _lr(b: int = 2, h: int = 13, w: int = 17, seed: int = 0) -> torch.Tensor:
@@ -86,6 +98,42 @@ def test_tiled_equals_whole_image_when_receptive_field_fits_the_overlap(tile, ov
     tiled = super_resolve(model, lr, InferenceOptions(tile=tile, tile_overlap=overlap))
     assert len(seen) > 4 and max(max(s) for s in seen) <= tile  # it really ran on tiles
     torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("photo", "self_ensemble"), [("astronaut", False), ("coffee", True), ("chelsea", False)]
+)
+def test_streamed_uint8_tiles_equal_the_float_tiled_output_bit_for_bit(photo, self_ensemble, monkeypatch):
+    """Photographs (scikit-image): tiles quantised into the uint8 output as they are made give exactly
+    the image that quantising the stitched float output gives; the model sees tiles only, and no
+    float array bigger than one tile's output is quantised."""
+    torch.manual_seed(6)
+    model = ResidualSR(scale=3)
+    lr = to_float_tensor(getattr(photos, photo)()[:70, :95])
+    tile, overlap = 24, 8
+    options = InferenceOptions(self_ensemble=self_ensemble, tile=tile, tile_overlap=overlap)
+    expected = to_uint8_hwc(super_resolve(model, lr, options))
+
+    seen, quantised = [], []
+    model.register_forward_pre_hook(lambda _m, inp: seen.append(tuple(inp[0].shape[-2:])))
+
+    def recording(img, what="image"):
+        quantised.append(tuple(img.shape[-2:]))
+        return to_uint8_hwc(img, what)
+
+    monkeypatch.setattr(inference, "to_uint8_hwc", recording)
+    streamed = super_resolve_uint8(model, lr, options)
+    assert streamed.dtype == np.uint8 and streamed.shape == expected.shape == (210, 285, 3)
+    assert np.array_equal(streamed, expected)
+    tiles = 4 * 6  # rows of tiles start at 0, 16, 32, 46; columns at 0, 16, ..., 64, 71
+    assert len(seen) == tiles * (8 if self_ensemble else 1) and max(max(s) for s in seen) <= tile
+    assert len(quantised) == tiles and max(max(q) for q in quantised) <= 3 * tile
+    # and the tiles stitch to the whole-image result: floats within 1e-5, so at most one level apart
+    whole = super_resolve_uint8(model, lr, InferenceOptions(self_ensemble=self_ensemble))
+    diff = np.abs(streamed.astype(int) - whole)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    raw = super_resolve(model, lr)
+    assert (raw < 0).any() and (raw > 1).any()  # the clamp is exercised too
 
 
 def test_tiles_without_enough_overlap_differ():
@@ -134,6 +182,8 @@ def test_bad_arguments_are_clear():
         super_resolve(ConvSR(), _lr(), InferenceOptions(tile=8, tile_overlap=8))
     with pytest.raises(ValueError, match=r"\(B, 3, h, w\)"):
         super_resolve(ConvSR(), _lr()[0])
+    with pytest.raises(ValueError, match=r"\(1, 3, h, w\)"):
+        super_resolve_uint8(ConvSR(), _lr(b=2), InferenceOptions(tile=8, tile_overlap=4))
 
 
 @pytest.mark.parametrize(

@@ -4,19 +4,23 @@ Tiling is crop-and-stitch: tiles overlap by `tile_overlap` LR pixels and every o
 taken from the one tile in which it lies at least `tile_overlap // 2` pixels from a cut edge, so
 the result equals whole-image inference exactly whenever the model's receptive field is smaller
 than the overlap (averaging overlapping tiles would not be exact, and it would cost more).
+`super_resolve_uint8` streams the tiles' cores, quantised, into the uint8 image: memory then
+holds that image, the float LR and one tile's work, never the float output.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
+from dukd_ray.image.convert import to_uint8_hwc
 from dukd_ray.image.geometry import D4, apply_geometry, undo_geometry
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -72,27 +76,23 @@ def _tile_plan(length: int, tile: int, overlap: int) -> list[tuple[int, int, int
     return [(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
 
 
-def _tiled(forward: Forward, tile: int, overlap: int, scale: int | None = None) -> Forward:
-    """Run `forward` on overlapping `tile` x `tile` LR crops and stitch the outputs (see module doc).
+def _tiles(
+    forward: Forward, x: torch.Tensor, tile: int, overlap: int, scale: int | None = None
+) -> Iterator[tuple[int, slice, slice, torch.Tensor]]:
+    """(scale, output rows, output columns, float32 core) of each tile of `x`, in raster order.
 
-    `tile` and `overlap` come from a validated `InferenceOptions`.
+    `forward` runs on overlapping `tile` x `tile` LR crops (see the module doc); `tile` and
+    `overlap` come from a validated `InferenceOptions`; `scale` None: read off the first tile.
     """
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        out, s = None, scale
-        for ty, cy0, cy1 in _tile_plan(h, tile, overlap):
-            for tx, cx0, cx1 in _tile_plan(w, tile, overlap):
-                y = forward(x[..., ty : ty + tile, tx : tx + tile]).float()
-                if s is None:  # no scale given: read it off the first tile
-                    s = y.shape[-1] // min(tile, w)
-                if out is None:
-                    out = y.new_empty(*y.shape[:-2], h * s, w * s)
-                core = y[..., (cy0 - ty) * s : (cy1 - ty) * s, (cx0 - tx) * s : (cx1 - tx) * s]
-                out[..., cy0 * s : cy1 * s, cx0 * s : cx1 * s] = core
-        return out
-
-    return run
+    h, w = x.shape[-2:]
+    s = scale
+    for ty, cy0, cy1 in _tile_plan(h, tile, overlap):
+        for tx, cx0, cx1 in _tile_plan(w, tile, overlap):
+            y = forward(x[..., ty : ty + tile, tx : tx + tile]).float()
+            if s is None:
+                s = y.shape[-1] // min(tile, w)
+            core = y[..., (cy0 - ty) * s : (cy1 - ty) * s, (cx0 - tx) * s : (cx1 - tx) * s]
+            yield s, slice(cy0 * s, cy1 * s), slice(cx0 * s, cx1 * s), core
 
 
 def model_scale(model: nn.Module) -> int | None:
@@ -118,19 +118,68 @@ def super_resolve(
     Runs in eval mode without autograd (the model's train/eval mode is restored afterwards). The
     output is not clamped; the metrics quantise it like a saved PNG.
     """
+    if options.tile is not None:
+        return _stitch(model, lr, options, scale, quantise=False)
+    forward = _forward(model, lr, options)
+    with _inference(model, lr, options):
+        return forward(lr).float()
+
+
+def super_resolve_uint8(
+    model: nn.Module,
+    lr: torch.Tensor,
+    options: InferenceOptions = InferenceOptions(),
+    scale: int | None = None,
+) -> np.ndarray:
+    """`to_uint8_hwc(super_resolve(...))` for one image (lr (1, 3, h, w)), bit for bit, as RGB uint8 HWC.
+
+    With `options.tile` each tile's core is quantised and written into the uint8 output as it is
+    made, so a large image never exists as float (16000x12000 output: 576 MB, not 2.3 GB of float32
+    and its float64 conversion); the self-ensemble, if on, runs per tile.
+    """
+    if lr.ndim != 4 or lr.shape[0] != 1:
+        raise ValueError(f"super_resolve_uint8 expects a (1, 3, h, w) tensor, got shape {tuple(lr.shape)}")
+    if options.tile is None:
+        return to_uint8_hwc(super_resolve(model, lr, options, scale), "super-resolved image")
+    return _stitch(model, lr, options, scale, quantise=True)
+
+
+def _stitch(
+    model: nn.Module, lr: torch.Tensor, options: InferenceOptions, scale: int | None, quantise: bool
+) -> torch.Tensor | np.ndarray:
+    """Run tile by tile, writing each core into the output as it is made: float32 (B, 3, sh, sw), or
+    with `quantise` the uint8 HWC image (of a (1, 3, h, w) input), each core quantised on its own."""
+    forward = _forward(model, lr, options)
+    h, w = lr.shape[-2:]
+    out = None
+    with _inference(model, lr, options):
+        for s, rows, cols, core in _tiles(
+            forward, lr, options.tile, options.tile_overlap, scale or model_scale(model)
+        ):
+            if quantise:
+                out = np.empty((h * s, w * s, core.shape[1]), np.uint8) if out is None else out
+                out[rows, cols] = to_uint8_hwc(core, "super-resolved tile")
+            else:
+                out = core.new_empty(*core.shape[:-2], h * s, w * s) if out is None else out
+                out[..., rows, cols] = core
+    return out
+
+
+def _forward(model: nn.Module, lr: torch.Tensor, options: InferenceOptions) -> Forward:
     if lr.ndim != 4:
         raise ValueError(f"super_resolve expects a (B, 3, h, w) tensor, got shape {tuple(lr.shape)}")
-    forward: Forward = model
-    if options.self_ensemble:
-        forward = ensemble_x8(forward)
-    if options.tile is not None:
-        forward = _tiled(forward, options.tile, options.tile_overlap, scale or model_scale(model))
+    return ensemble_x8(model) if options.self_ensemble else model
+
+
+@contextmanager
+def _inference(model: nn.Module, lr: torch.Tensor, options: InferenceOptions) -> Iterator[None]:
+    """Eval mode (restored afterwards), no autograd, and bfloat16 autocast on `lr`'s device if asked."""
     amp_dtype = options.amp_dtype
     autocast = torch.autocast(lr.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), autocast:
-            return forward(lr).float()
+            yield
     finally:
         model.train(was_training)

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 
 Image = np.ndarray | torch.Tensor
+# float64 elements quantised at a time: float32 (v * 255) would round some v to a .5 tie and back
+# (the product needs 32 bits), so the rule runs in float64, a band of rows at a time, never whole images
+CHUNK_ELEMENTS = 1 << 22
 
 
 def to_float_tensor(
@@ -30,8 +33,13 @@ def to_uint8_hwc(img: Image, what: str = "image") -> np.ndarray:
             raise ValueError(
                 f"{what}: expected a float (C, H, W) tensor, got dtype={t.dtype} shape={tuple(t.shape)}"
             )
-        t = (t.double().clamp(0, 1) * 255.0).round().to(torch.uint8)
-        return t.permute(1, 2, 0).cpu().numpy()
+        c, h, w = t.shape
+        out = np.empty((h, w, c), np.uint8)
+        rows = max(1, CHUNK_ELEMENTS // max(1, c * w))
+        for top in range(0, h, rows):
+            band = t[:, top : top + rows].to(torch.float64, copy=True).clamp_(0, 1).mul_(255.0).round_()
+            out[top : top + rows] = band.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return out
     if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3:
         return img
     raise ValueError(
