@@ -223,7 +223,7 @@ def write_quickstart_report(
         seeds = ", ".join(f"{p:.2f}" for p in r.get("psnr_per_seed", []))
         rows.append([name + mark, f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", seeds])
     report = Report("dukd-ray quickstart")
-    report.heading("dukd-ray quickstart: scratch vs KD vs DUKD (EDSR x4, tiny nets, CPU)", level=1)
+    report.heading("dukd-ray quickstart: scratch vs KD vs FAKD vs DUKD (EDSR x4, tiny nets, CPU)", level=1)
     report.paragraph(_findings(results, budget))
     report.heading("Held-out photographs (set `Sample`)").table(header, rows)
     report.heading("Validation PSNR over steps").image("psnr_curves.png", "psnr curves")
@@ -291,7 +291,7 @@ _EXPLAIN = (
 @cli_main(returns_status=False)
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(
-        description="DUKD quickstart: teacher, then scratch/kd/dukd students, then a report."
+        description="DUKD quickstart: teacher, then scratch/kd/fakd/dukd students, then a report."
     )
     p.add_argument("--out", default="quickstart_out", help="output folder (reused stages live here)")
     p.add_argument("--fresh", action="store_true", help="ignore finished stages and run everything again")
