@@ -218,3 +218,5 @@ def test_job_script_runs_from_the_repo_root_and_fails_cleanly(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "error: model.teacher" in proc.stderr and "Traceback" not in proc.stderr
+    # the reference starts EDSR x4 dukd from the x2 dukd student: without --student-init, that is said
+    assert "starts this dukd student from the x2 dukd student" in proc.stderr

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dukd_ray.distill import METHODS
+from dukd_ray.distill import METHODS, recipe
 from dukd_ray.errors import add_debug_arg, cli_main
 from dukd_ray.models import ARCHS, SUPPORTED_SCALES
 from dukd_ray.storage import redact_url
@@ -136,8 +137,24 @@ def main(preset: str, argv: Sequence[str] | None = None) -> TrainResult:
     parser = build_parser(f"Distil the {preset} student (DUKD paper config) on Ray Train.")
     args = parser.parse_args(argv)
     return _run(
-        lambda: print_config_if_asked(args, apply_args(JobConfig.from_preset(preset, tiny=args.tiny), args)),
+        lambda: _note_recipe_init(
+            print_config_if_asked(args, apply_args(JobConfig.from_preset(preset, tiny=args.tiny), args))
+        ),
     )
+
+
+def _note_recipe_init(cfg: JobConfig) -> JobConfig:
+    """Say so when the reference starts this student from another run (EDSR x4 kd/dukd from x2) and
+    no `--student-init` was given: the run is then a from-scratch variant of the reference's."""
+    init = recipe(cfg.model.arch, cfg.model.scale, cfg.distill.method).init_from
+    if init and not cfg.model.student_init:
+        scale, method = init
+        print(
+            f"[dukd] note: the reference starts this {method} student from the x{scale} {method} student; "
+            "without --student-init it trains from scratch (jobs/reproduce.py runs the whole chain)",
+            file=sys.stderr,
+        )
+    return cfg
 
 
 @cli_main(returns_status=False)
