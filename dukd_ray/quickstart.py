@@ -7,7 +7,7 @@ same settings, unless `--fresh`):
 2. pack      the train set -> shards in a local object-store folder (the production packer)
 3. teacher   a small teacher trained from scratch (`jobs/train_teacher.py`'s code path), because no
              pretrained weights can be downloaded here
-4. students  the same small student trained `scratch`, `kd` and `dukd` with the same steps and seeds,
+4. students  the same small student trained `scratch`, `kd`, `fakd` and `dukd` with the same steps and seeds,
              each through the Ray Train service (streaming the shards, like a cluster run)
 5. evaluate  bicubic, the teacher and the students on the held-out set (Y-PSNR / SSIM, MATLAB rules)
 6. report    report.md + report.html, psnr_curves.png, crops.png

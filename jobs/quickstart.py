@@ -1,4 +1,4 @@
-"""The README's first command: teacher, then scratch / kd / dukd students, then a report (CPU, minutes).
+"""The README's first command: teacher, then scratch / kd / fakd / dukd students, then a report (CPU).
 
 python jobs/quickstart.py [--out quickstart_out] [--fresh] [--help]
 """

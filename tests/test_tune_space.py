@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from ray import tune
 
+from dukd_ray.distill import RECIPES
 from dukd_ray.train.config import SECTIONS, JobConfig
 from dukd_ray.tune.space import SpaceError, check_values, load_space, parse_space
 from dukd_ray.tune.sweep import builtin_space, resolve_start
@@ -42,6 +43,18 @@ def test_paper_start_point_is_the_presets_paper_row():
     assert point["distill.n_gt_sub"] == 2 and point["distill.zoom_out"] is True
     assert point["distill.lc_prob"] == 0.3 and point["distill.step_mode"] == "paper"
     assert point["distill.lc_ops"] == ["invert", "flip_h", "flip_w", "transpose"]
+
+
+def test_paper_rows_are_the_distinct_dukd_rows_of_the_recipe_table():
+    """The shipped start points restate no number the recipe table does not hold, and miss none."""
+    keys = ("w_pix", "w_kd", "n_gt_sub", "zoom_out", "label_consistency", "lc_prob", "lc_ops", "step_mode")
+
+    def row(values) -> tuple:
+        return tuple(tuple(v) if isinstance(v, list | tuple) else v for v in values)
+
+    table = {row(getattr(r.distill, k) for k in keys) for (_, _, m), r in RECIPES.items() if m == "dukd"}
+    points = resolve_start(load_space(builtin_space("paper_rows"), FIELDS), JobConfig.from_preset("edsr_x4"))
+    assert {row(p[f"distill.{k}"] for k in keys) for p in points} == table
 
 
 def test_paper_rows_fill_unlisted_keys_from_the_preset():

@@ -46,7 +46,11 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", help="teacher checkpoint URL (.pth or .safetensors)")
 
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
+def add_run_args(
+    p: argparse.ArgumentParser,
+    print_config_help: str = "print the resolved config as JSON (a valid --config file; secrets shown as "
+    "***) and exit: no Ray, no storage",
+) -> None:
     """Where and how a run goes, and the config overrides: the flags every job entrypoint shares."""
     p.add_argument("--storage", help="where run folders go: local dir or fsspec URL (default ~/dukd_runs)")
     p.add_argument(
@@ -67,7 +71,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--print-config",
         action="store_true",
-        help="print the resolved config as JSON (a valid --config file) and exit: no Ray, no storage",
+        help=print_config_help,
     )
     add_debug_arg(p)
 

@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_args(p)
     p.add_argument("--teacher-x2", help="teacher at x2, for the x2 students the x4 runs start from")
     p.add_argument("--data-x2", help="x2 training data (default: --data, fine for a DIV2K-layout root)")
-    add_run_args(p)
+    add_run_args(p, print_config_help="print the plan (every run's config, what it waits for) as JSON, exit")
     p.add_argument(
         "--max-parallel", type=int, help="runs at once (default: as many as the cluster's CPUs/GPUs hold)"
     )
