@@ -221,21 +221,42 @@ def list_folder(
     listing is fresh (no stale fsspec cache) and retried like every read. A missing folder is a
     FileNotFoundError naming it, or an empty list with `missing_ok`.
     """
+    if recursive:
+        fs, path = get_fs(url, storage_options)
+        base = path.rstrip("/")
+        fs.invalidate_cache(base)
+        try:
+            found = with_retries(lambda: fs.find(base), url)
+        except FileNotFoundError:
+            return _missing_folder(url, missing_ok)
+        return sorted(p[len(base) :].lstrip("/") for p in found)
+    entries = _entries(url, storage_options, missing_ok)
+    return sorted(basename(e["name"]) for e in entries if (e["type"] == "directory") == folders)
+
+
+def file_sizes(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, int]:
+    """{name: bytes} of the files directly under `url`, from one fresh listing (no object is read)."""
+    entries = _entries(url, storage_options)
+    return {basename(e["name"]): int(e["size"]) for e in entries if e["type"] != "directory"}
+
+
+def _entries(
+    url: str, storage_options: dict[str, Any] | None, missing_ok: bool = False
+) -> list[dict[str, Any]]:
+    """fsspec's detailed listing of `url`, fresh (no stale cache) and retried like every read."""
     fs, path = get_fs(url, storage_options)
     base = path.rstrip("/")
     fs.invalidate_cache(base)
     try:
-        if recursive:
-            found = with_retries(lambda: fs.find(base), url)
-            names = [p[len(base) :].lstrip("/") for p in found]
-        else:
-            entries = with_retries(lambda: fs.ls(base, detail=True), url)
-            names = [basename(e["name"]) for e in entries if (e["type"] == "directory") == folders]
+        return with_retries(lambda: fs.ls(base, detail=True), url)
     except FileNotFoundError:
-        if missing_ok:
-            return []
-        raise FileNotFoundError(f"folder not found: {redact_url(url)}") from None
-    return sorted(names)
+        return _missing_folder(url, missing_ok)
+
+
+def _missing_folder(url: str, missing_ok: bool) -> list[Any]:
+    if missing_ok:
+        return []
+    raise FileNotFoundError(f"folder not found: {redact_url(url)}") from None
 
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:

@@ -175,7 +175,7 @@ def _patch_not_multiple_of_scale(sample_data, tmp_path: Path) -> dict[str, str]:
         ),
         (_truncated_png, r"^data.train \(.*div2k\): ImageDecodeError: .*0003.png: truncated PNG"),
         (_empty_png, r"^data.train \(.*div2k\): ImageDecodeError: .*0005x4.png: the file is empty"),
-        (_skewed_pair, r"^data.train \(.*div2k\): PairError: LR .*0006x4.png is \d+x\d+ but HR .*0006.png"),
+        (_skewed_pair, r"^data.train \(.*div2k\): PairError: .* LR .*0006x4.png is \d+x\d+, HR .*0006.png"),
         (_shard_grown, r"^data.train \(.*shards\): ShardFormatError: shard .*shard-\d+.bin is \d+ bytes but"),
         (_shard_missing, r"^data.train \(.*shards\): FileNotFoundError: .*missing: .*shard-00001.bin"),
         (_storage_is_a_file, r"^run.storage \(.*runs.txt\): NotADirectoryError"),

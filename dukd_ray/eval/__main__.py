@@ -18,8 +18,8 @@ from dukd_ray.errors import UserError, add_debug_arg, cli_main
 from dukd_ray.eval.benchmark import evaluate_bicubic, evaluate_sets, list_sets, load_benchmark_sets
 from dukd_ray.eval.inference import InferenceOptions, model_scale
 from dukd_ray.eval.scores import SetScores
-from dukd_ray.models import ARCHS, PRESET_NAMES, SUPPORTED_SCALES, build_from_checkpoint
-from dukd_ray.models.cli import resolve_device
+from dukd_ray.models import build_from_checkpoint
+from dukd_ray.models.cli import add_checkpoint_args, resolve_device
 from dukd_ray.storage import redact_url
 
 BICUBIC = "bicubic"
@@ -27,12 +27,7 @@ BICUBIC = "bicubic"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dukd_ray.eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", choices=[*ARCHS, BICUBIC], help="model arch (optional for dukd-ray exports)")
-    p.add_argument(
-        "--scale", type=int, choices=SUPPORTED_SCALES, help="upscaling factor (optional for dukd-ray exports)"
-    )
-    p.add_argument("--preset", choices=PRESET_NAMES, help="model size of a foreign checkpoint")
-    p.add_argument("--checkpoint", help="weights: local path or fsspec URL (.pth / .safetensors)")
+    add_checkpoint_args(p, required=False, extra_archs=(BICUBIC,))
     p.add_argument("--data", help="benchmark root (<Set>/HR, <Set>/LR_bicubic/X<s>); default: the sample set")
     p.add_argument("--sets", help="comma-separated set names (default: every set under --data)")
     p.add_argument("--self-ensemble", action="store_true", help="x8 flip/transpose self-ensemble")

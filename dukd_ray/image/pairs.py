@@ -27,16 +27,26 @@ def read_pair(
     """
     lr = _read(lr_url, "LR", f"HR {redact_url(hr_url)}", storage_options)
     hr = _read(hr_url, "HR", f"LR {redact_url(lr_url)}", storage_options)
-    (lh, lw), (hh, hw) = lr.shape[:2], hr.shape[:2]
-    hr = hr[: hh - hh % scale, : hw - hw % scale]
-    if hr.shape[:2] != (lh * scale, lw * scale):
+    check_pair_shapes(hr.shape[:2], lr.shape[:2], scale, hr_url, lr_url)
+    return hr[: lr.shape[0] * scale, : lr.shape[1] * scale], lr
+
+
+def check_pair_shapes(
+    hr_hw: tuple[int, int], lr_hw: tuple[int, int], scale: int, hr_url: str, lr_url: str
+) -> None:
+    """The pair rule: the HR, cropped to multiples of `scale` (mod-crop), is exactly scale x the LR.
+
+    A PairError naming both files otherwise; used on decoded images and on sizes read from headers.
+    """
+    (hh, hw), (lh, lw) = hr_hw, lr_hw
+    cropped = (hh - hh % scale, hw - hw % scale)
+    if cropped != (lh * scale, lw * scale):
         raise PairError(
             f"LR/HR size mismatch at x{scale}: LR {redact_url(lr_url)} is {lh}x{lw}, "
-            f"HR {redact_url(hr_url)} is {hr.shape[0]}x{hr.shape[1]} after mod-crop; sizes disagree "
+            f"HR {redact_url(hr_url)} is {cropped[0]}x{cropped[1]} after mod-crop; sizes disagree "
             f"with scale {scale}: HR {basename(hr_url)} should be {scale}x LR {basename(lr_url)}, "
             f"i.e. {lh * scale}x{lw * scale}"
         )
-    return hr, lr
 
 
 def _read(url: str, kind: str, partner: str, storage_options: dict[str, Any] | None) -> np.ndarray:

@@ -26,12 +26,17 @@ SETUP_ERRORS = USER_ERRORS
 DEVICES = "auto (CUDA if available), cpu, cuda, cuda:N, mps"
 
 
-def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    """--checkpoint and, for foreign checkpoints, --arch/--scale/--preset."""
+def add_checkpoint_args(
+    p: argparse.ArgumentParser, required: bool = True, extra_archs: tuple[str, ...] = ()
+) -> None:
+    """--checkpoint and, for foreign checkpoints, --arch/--scale/--preset (`extra_archs`: other
+    --arch values a CLI understands, such as the eval CLI's `bicubic`, which needs no checkpoint)."""
     p.add_argument(
-        "--checkpoint", required=True, help=".pth/.safetensors from a run, or a foreign checkpoint"
+        "--checkpoint", required=required, help=".pth/.safetensors from a run, or a foreign checkpoint"
     )
-    p.add_argument("--arch", choices=sorted(ARCHS), help="only for foreign checkpoints (ours carry it)")
+    p.add_argument(
+        "--arch", choices=[*sorted(ARCHS), *extra_archs], help="only for foreign checkpoints (ours carry it)"
+    )
     p.add_argument(
         "--scale", type=int, choices=SUPPORTED_SCALES, help="only for foreign checkpoints (ours carry it)"
     )

@@ -24,11 +24,11 @@ from dukd_ray.data.sources import HR_DIR, LR_DIR, ImagePair, ShardSource, open_s
 from dukd_ray.data.stream import PatchError
 from dukd_ray.eval.benchmark import list_sets, load_benchmark_sets
 from dukd_ray.image.io import ImageDecodeError
-from dukd_ray.image.pairs import PairError
+from dukd_ray.image.pairs import check_pair_shapes
 from dukd_ray.models import build_arch, load_pretrained, load_student_init
 from dukd_ray.storage import (
     StorageError,
-    basename,
+    file_sizes,
     get_fs,
     is_local,
     join,
@@ -143,40 +143,25 @@ def check_training_files(
     """
     source = open_source(url, scale, storage_options)
     if isinstance(source, ShardSource):
-        sizes = _file_sizes(source.prefix, storage_options)
+        sizes = file_sizes(source.prefix, storage_options)
         for info in source.manifest.shards:
             shard = join(source.prefix, info.name)
-            if shard not in sizes:
+            if info.name not in sizes:
                 raise FileNotFoundError(f"shard listed in the manifest is missing: {redact_url(shard)}")
-            check_size(info, sizes[shard], shard)
+            check_size(info, sizes[info.name], shard)
         return
     pairs: list[ImagePair] = source.pairs
-    sizes = _file_sizes(join(url, HR_DIR), storage_options) | _file_sizes(
-        join(url, LR_DIR, f"X{scale}"), storage_options
-    )
+    folders = (join(url, HR_DIR), join(url, LR_DIR, f"X{scale}"))
+    sizes = {join(f, name): n for f in folders for name, n in file_sizes(f, storage_options).items()}
     urls = [u for pair in pairs for u in (pair.hr_url, pair.lr_url)]
     with ThreadPoolExecutor(PROBE_THREADS) as pool:
         shapes = list(pool.map(lambda u: _image_size(u, sizes[u], storage_options), urls))
-    for pair, (hh, hw), (lh, lw) in zip(pairs, shapes[::2], shapes[1::2], strict=True):
-        if (hh - hh % scale, hw - hw % scale) != (lh * scale, lw * scale):
-            raise PairError(
-                f"LR {redact_url(pair.lr_url)} is {lh}x{lw} but HR {redact_url(pair.hr_url)} is "
-                f"{hh}x{hw}: at x{scale} the HR should be {lh * scale}x{lw * scale} (after a crop to "
-                f"multiples of {scale})"
-            )
+    for pair, hr_hw, (lh, lw) in zip(pairs, shapes[::2], shapes[1::2], strict=True):
+        check_pair_shapes(hr_hw, (lh, lw), scale, pair.hr_url, pair.lr_url)
         if lh < patch_size or lw < patch_size:
             raise PatchError(
                 f"LR {redact_url(pair.lr_url)} is {lh}x{lw}, smaller than data.patch_size={patch_size}"
             )
-
-
-def _file_sizes(folder: str, storage_options: dict[str, Any] | None) -> dict[str, int]:
-    """{url: bytes} of the files directly under `folder` (URLs as `join(folder, name)`): one fresh listing."""
-    fs, path = get_fs(folder, storage_options)
-    path = path.rstrip("/")
-    fs.invalidate_cache(path)
-    entries = with_retries(lambda: fs.ls(path, detail=True), folder)
-    return {join(folder, basename(e["name"])): int(e["size"]) for e in entries if e["type"] != "directory"}
 
 
 def _image_size(url: str, size: int, storage_options: dict[str, Any] | None) -> tuple[int, int]:
