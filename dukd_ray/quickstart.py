@@ -38,7 +38,7 @@ from dukd_ray.eval.benchmark import (
 from dukd_ray.eval.scores import SetScores
 from dukd_ray.models import build_from_checkpoint
 from dukd_ray.report import Report
-from dukd_ray.storage import write_bytes_atomic
+from dukd_ray.storage import is_local, redact_url, write_bytes_atomic
 from dukd_ray.train.cli import apply_args, build_parser, teacher_config, teacher_parser
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.outputs import comparison_panels
@@ -303,6 +303,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--val-every", type=int, default=50)
     add_debug_arg(p)
     args = p.parse_args(argv)
+    if not is_local(args.out):  # its Ray runs and report live on this machine
+        raise UserError(
+            f"--out {redact_url(args.out)}: expected a local folder (the quickstart runs on this machine; "
+            "jobs/*.py and jobs/reproduce.py take object-store URLs)"
+        )
     if os.path.isfile(args.out):
         raise UserError(
             f"--out {args.out} is a file; expected a folder (new or one of an earlier quickstart)"
@@ -311,6 +316,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seeds = tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
         raise UserError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 10,11") from None
+    for flag, value in (("--steps", args.steps), ("--teacher-steps", args.teacher_steps),
+                        ("--batch-size", args.batch_size), ("--patch-size", args.patch_size),
+                        ("--val-every", args.val_every)):  # fmt: skip
+        if value < 1:
+            raise UserError(f"{flag} {value}: expected an integer >= 1")
     budget = Budget(
         teacher_steps=args.teacher_steps,
         steps=args.steps,

@@ -192,7 +192,7 @@ def test_build_from_checkpoint_foreign_and_ours(tmp_path):
     assert torch.equal(output(model), output(src))
     ours, _ = save_weights(str(tmp_path / "ours"), src.state_dict(), arch_spec=src.arch_spec)
     assert torch.equal(output(build_from_checkpoint(ours, arch="rcan", scale=2)), output(src))
-    with pytest.raises(CheckpointError, match=r"ours\.pth holds a scale=2 model, but scale=4"):
+    with pytest.raises(CheckpointError, match=r"ours\.pth holds a scale=2 model, but --scale 4"):
         build_from_checkpoint(ours, scale=4)
 
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from fake_images import bomb_png
 
 from dukd_ray import errors, export, quickstart, upscale
 from dukd_ray.data import pack
@@ -32,17 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "SECRETEXAMPLE"
 CREDENTIAL_URL = f"s3://AKIAEXAMPLE:{SECRET}@bucket/x"
 AS_X4 = ["--arch", "edsr", "--scale", "4", "--preset", "tiny_student"]  # a foreign file read as x4
-
-
-def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A valid PNG signature and IHDR claiming width x height RGB, and almost no pixel data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 1024)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +280,20 @@ CASES: list[tuple[str, Callable, Callable[[dict, str], list[str]], list[str]]] =
         lambda f, o: ["--out", f["a_file"]],
         ["a_file.txt", "is a file"],
     ),
+    (
+        "tune --space binary",
+        tune_cli.main,
+        lambda f, o: ["--tiny", "--space", f["binary"], "--storage", o],
+        ["--space", "not a YAML text file"],
+    ),
     ("quickstart --seeds", quickstart.main, lambda f, o: ["--seeds", "ten"], ["--seeds", "'ten'"]),
+    ("quickstart --patch-size", quickstart.main, lambda f, o: ["--patch-size", "0"], ["--patch-size 0"]),
+    (
+        "quickstart --out a credential URL",
+        quickstart.main,
+        lambda f, o: ["--out", CREDENTIAL_URL],
+        ["s3://***@bucket/x", "expected a local folder"],
+    ),
 ]
 
 

@@ -86,6 +86,18 @@ def test_reproduce_needs_the_x2_teacher_outside_tiny(capsys):
     assert all(r["config"]["model"]["scale"] == 4 for r in plan["runs"])
 
 
+def test_a_bad_input_of_any_run_fails_the_chain_before_anything_trains(tmp_path, tiny_teacher, capsys):
+    """The x4 teacher is missing: the x2 runs would have trained first; now nothing starts."""
+    argv = ["--arch", "edsr", "--scale", "4", "--tiny", "--methods", "scratch,kd", "--storage", str(tmp_path)]
+    argv += ["--teacher", str(tmp_path / "missing_x4.pth"), "--teacher-x2", tiny_teacher("edsr", 2)]
+    with pytest.raises(SystemExit) as e:
+        pipeline.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: model.teacher" in err and "missing_x4.pth" in err and "Traceback" not in err
+    assert not ray.is_initialized() and not list(tmp_path.rglob("checkpoint_*"))
+
+
 def test_parallel_slots_count_workers_loaders_and_gpus():
     def plan(*overrides: str) -> list[pipeline.Run]:
         cfg = JobConfig.from_preset("edsr_x4", tiny=True).apply_overrides(list(overrides))

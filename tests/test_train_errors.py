@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from fake_images import bomb_png
 from PIL import Image
 
 from dukd_ray.data.pack import pack
@@ -115,6 +116,12 @@ def _truncated_png(sample_data, tmp_path: Path) -> dict[str, str]:
     return {"data.train": str(root)}
 
 
+def _bomb_png(sample_data, tmp_path: Path) -> dict[str, str]:
+    root = _copy(sample_data, tmp_path)
+    (root / "DIV2K_train_HR" / "0004.png").write_bytes(bomb_png())
+    return {"data.train": str(root)}
+
+
 def _empty_png(sample_data, tmp_path: Path) -> dict[str, str]:
     root = _copy(sample_data, tmp_path)
     (root / "DIV2K_train_LR_bicubic" / "X4" / "0005x4.png").write_bytes(b"")
@@ -174,6 +181,7 @@ def _patch_not_multiple_of_scale(sample_data, tmp_path: Path) -> dict[str, str]:
             r"^data.patch_size=26 is not a multiple of model.scale=4.*distill.zoom_out",
         ),
         (_truncated_png, r"^data.train \(.*div2k\): ImageDecodeError: .*0003.png: truncated PNG"),
+        (_bomb_png, r"^data.train \(.*div2k\): ImageDecodeError: image .*0004.png is .* over the limit"),
         (_empty_png, r"^data.train \(.*div2k\): ImageDecodeError: .*0005x4.png: the file is empty"),
         (_skewed_pair, r"^data.train \(.*div2k\): PairError: .* LR .*0006x4.png is \d+x\d+, HR .*0006.png"),
         (_shard_grown, r"^data.train \(.*shards\): ShardFormatError: shard .*shard-\d+.bin is \d+ bytes but"),

@@ -40,25 +40,31 @@ class ImageDecodeError(ValueError):
     """An image file is corrupt, truncated or not an image."""
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode bytes to RGB uint8 HWC; `name` is used in errors and the conversion notice."""
+def open_image(data: bytes, name: str) -> Image.Image:
+    """The image's header read (nothing decoded yet), its size checked against `MAX_IMAGE_PIXELS`;
+    an undecodable header or a decompression bomb is an ImageDecodeError naming `name`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our check below says it
             img = Image.open(io.BytesIO(data))  # reads the header only
-            width, height = img.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise _too_large(name, f"{width}x{height} = {width * height:,}")
-            img.load()
     except Image.DecompressionBombError as e:  # over twice the limit: PIL refuses before we see the size
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         raise _too_large(name, f"{int(pixels.group(1)):,}" if pixels else "more than") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, ImageDecodeError):
-            raise
-        raise ImageDecodeError(
-            f"cannot decode image {redact_url(name)}: {type(e).__name__}: {e} (corrupt or truncated file?)"
-        ) from None
+        raise _undecodable(name, e) from None
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _too_large(name, f"{width}x{height} = {width * height:,}")
+    return img
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode bytes to RGB uint8 HWC; `name` is used in errors and the conversion notice."""
+    img = open_image(data, name)
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise _undecodable(name, e) from None
     if img.mode != "RGB":
         if img.mode not in _converted_modes_said:
             _converted_modes_said.add(img.mode)
@@ -71,6 +77,12 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
             img = Image.fromarray(arr)
         img = img.convert("RGB")
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def _undecodable(name: str, e: BaseException) -> ImageDecodeError:
+    return ImageDecodeError(
+        f"cannot decode image {redact_url(name)}: {type(e).__name__}: {e} (corrupt or truncated file?)"
+    )
 
 
 def _too_large(name: str, pixels: str) -> ImageDecodeError:

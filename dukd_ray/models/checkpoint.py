@@ -210,7 +210,8 @@ def build_from_checkpoint(
         for name, given, saved in (("arch", arch, spec["arch"]), ("scale", scale, spec["scale"])):
             if given is not None and given != saved:
                 raise CheckpointError(
-                    f"{source} holds a {name}={saved!r} model, but {name}={given!r} was asked for"
+                    f"{source} holds a {name}={saved!r} model, but --{name} {given} (or {name}={given!r}) "
+                    "was asked for; leave it out (our exports carry it) or pass another checkpoint"
                 )
         _check_spec(spec, obj, source)
         model = build_arch(spec["arch"], spec["scale"], **spec["kwargs"])

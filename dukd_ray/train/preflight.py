@@ -7,15 +7,11 @@ as a stack trace from a remote worker; here each is one `InputError` naming the 
 from __future__ import annotations
 
 import datetime
-import io
 import os
 import uuid
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-from PIL import Image, UnidentifiedImageError
 
 from dukd_ray.data import build_train_stream
 from dukd_ray.data.samples import default_sample_data
@@ -23,7 +19,7 @@ from dukd_ray.data.shards import check_size
 from dukd_ray.data.sources import HR_DIR, LR_DIR, ImagePair, ShardSource, open_source
 from dukd_ray.data.stream import PatchError
 from dukd_ray.eval.benchmark import list_sets, load_benchmark_sets
-from dukd_ray.image.io import ImageDecodeError
+from dukd_ray.image.io import ImageDecodeError, open_image
 from dukd_ray.image.pairs import check_pair_shapes
 from dukd_ray.models import build_arch, load_pretrained, load_student_init
 from dukd_ray.storage import (
@@ -172,15 +168,8 @@ def _image_size(url: str, size: int, storage_options: dict[str, Any] | None) -> 
         raise ImageDecodeError(f"cannot decode image {name}: the file is empty (0 bytes)")
     fs, path = get_fs(url, storage_options)
     head = with_retries(lambda: fs.cat_file(path, start=0, end=min(size, HEAD_BYTES)), url)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(head)) as img:
-                (width, height), kind = img.size, img.format
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"cannot decode image {name}: {type(e).__name__}: {e}") from None
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"cannot decode image {name}: {e}") from None
+    with open_image(head, url) as img:
+        (width, height), kind = img.size, img.format
     if kind == "PNG":
         end = head if size <= HEAD_BYTES else b""
         if size > HEAD_BYTES:

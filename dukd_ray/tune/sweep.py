@@ -124,6 +124,8 @@ def read_space_text(space: str, storage_options: dict[str, Any] | None = None) -
         raise SpaceError(
             f"search space not found: {storage.redact_url(space)} (shipped spaces: {known})"
         ) from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise SpaceError(f"--space {storage.redact_url(space)}: not a YAML text file") from None
 
 
 def resolve_start(space: SearchSpace, base: JobConfig) -> list[dict[str, Any]]:
