@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from dukd_ray.distill import METHODS
 from dukd_ray.eval.cost import ModelCost
-from dukd_ray.train.report import cost_rows, crops_png, curves_png, paper_rows, results_rows, write_report
+from dukd_ray.train.report import (
+    PAPER_X4,
+    cost_rows,
+    crops_png,
+    curves_png,
+    paper_rows,
+    results_rows,
+    write_report,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -25,6 +34,8 @@ def test_paper_rows_transcribe_dukd_md_for_the_full_size_x4_presets():
     assert paper_rows("rcan", 2, ("teacher", "student"), ["Set5"]) == []  # the paper's table is x4
     assert paper_rows("rcan", 4, ("tiny_teacher", "tiny_student"), ["Set5"]) == []  # not the paper's nets
     assert paper_rows("edsr", 4, ("teacher", "student"), ["Sample"]) == []  # no overlapping set
+    # every row says which model it measured (reproduce.md puts it beside that method's run)
+    assert {model for rows in PAPER_X4.values() for _, model, _ in rows} <= {"teacher", *METHODS}
 
 
 def test_results_rows_and_report_files(tmp_path):

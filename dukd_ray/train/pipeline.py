@@ -33,12 +33,12 @@ from typing import Any
 
 import ray
 
-from dukd_ray.distill import METHODS, recipe
+from dukd_ray.distill import METHODS, RECIPES, recipe
 from dukd_ray.errors import cli_main
 from dukd_ray.eval.setnames import set_aliases
 from dukd_ray.models import ARCHS, SUPPORTED_SCALES
 from dukd_ray.report import Report
-from dukd_ray.storage import exists, is_local, join, redact_url
+from dukd_ray.storage import exists, is_local, join, redact_url, with_retries
 from dukd_ray.train.checkpoint import HISTORY, latest_complete_checkpoint
 from dukd_ray.train.cli import add_input_args, add_run_args, apply_args, teacher_config
 from dukd_ray.train.config import ConfigError, JobConfig
@@ -49,7 +49,6 @@ from dukd_ray.train.trainer import run_training
 log = logging.getLogger(__name__)
 
 REPORT = "reproduce"  # <storage>/<name>/reproduce.md and .html
-PAPER_LABELS = {"scratch": "scratch", "kd": "logits KD", "fakd": "FAKD", "dukd": "DUKD"}  # PAPER_X4 rows
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ class Outcome:
 
 def default_methods(arch: str, scale: int) -> tuple[str, ...]:
     """Every method the recipe table has for this arch and scale."""
-    return tuple(m for m in METHODS if _has_recipe(arch, scale, m))
+    return tuple(m for m in METHODS if (arch, scale, m) in RECIPES)
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
@@ -179,14 +178,6 @@ def _namespace(
     return argparse.Namespace(**values | {"storage": chain, "name": name, **fields})
 
 
-def _has_recipe(arch: str, scale: int, method: str) -> bool:
-    try:
-        recipe(arch, scale, method)
-    except ValueError:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -206,7 +197,7 @@ def is_finished(cfg: JobConfig) -> dict[str, Any] | None:
     if not found or found[0] != cfg.train.max_steps:
         return None
     _, fs, path, _ = found
-    history = json.loads(fs.cat_file(f"{path}/{HISTORY}"))
+    history = json.loads(with_retries(lambda: fs.cat_file(f"{path}/{HISTORY}"), f"{path}/{HISTORY}"))
     return history[-1]
 
 
@@ -332,7 +323,8 @@ def write_reproduce_report(plan: Plan, outcomes: dict[str, Outcome]) -> str:
         (o.run.config.model.teacher_preset, o.run.config.model.student_preset) == ("teacher", "student")
         for o in rows_runs
     )
-    paper = _paper_by_method(plan.arch) if plan.scale == 4 and full_size else {}
+    paper = {model: values for _, model, values in PAPER_X4.get(plan.arch, [])}
+    paper = paper if plan.scale == 4 and full_size else {}
     paper_sets = {s: _paper_set(s, paper) for s in sets}
     header = ["method", "init (x4 student started from)" if plan.scale == 4 else "init"]
     for s in sets:
@@ -375,19 +367,6 @@ def write_reproduce_report(plan: Plan, outcomes: dict[str, Outcome]) -> str:
     doc.heading("Runs (dependency order)").bullets([_run_line(plan, outcomes[r.name]) for r in plan.runs])
     doc.write(plan.url, REPORT, plan.storage_options or None)
     return join(plan.url, f"{REPORT}.md")
-
-
-def _paper_by_method(arch: str) -> dict[str, dict[str, float]]:
-    """The paper's rows of `arch` (the run report's PAPER_X4) by method, and its teacher's as "teacher"."""
-    out = {}
-    for label, values in PAPER_X4.get(arch, []):
-        words = f" {label} "
-        if " teacher " in words:
-            out["teacher"] = values
-        for method, word in PAPER_LABELS.items():
-            if " student " in words and f" {word} " in words:
-                out[method] = values
-    return out
 
 
 def _paper_set(name: str, paper: dict[str, dict[str, float]]) -> str | None:

@@ -25,21 +25,35 @@ from dukd_ray.models import StudentInit  # noqa: E402
 from dukd_ray.report import Report  # noqa: E402
 
 # docs/distill.md's published results: Y-PSNR (dB), x4, for the full-size teacher/student presets
-PAPER_X4: dict[str, list[tuple[str, dict[str, float]]]] = {
+PAPER_X4: dict[str, list[tuple[str, str, dict[str, float]]]] = {  # arch -> (label, model, Y-PSNR by set)
+    # model: "teacher", or the method of the student row
     "rcan": [
-        ("RCAN teacher (g10 b20)", {"Set5": 32.63, "Set14": 28.87, "BSD100": 27.77, "Urban100": 26.82}),
+        (
+            "RCAN teacher (g10 b20)",
+            "teacher",
+            {"Set5": 32.63, "Set14": 28.87, "BSD100": 27.77, "Urban100": 26.82},
+        ),
         (
             "RCAN student scratch (g10 b6)",
+            "scratch",
             {"Set5": 32.38, "Set14": 28.69, "BSD100": 27.63, "Urban100": 26.36},
         ),
-        ("RCAN student logits KD", {"Set5": 32.45, "Set14": 28.76, "BSD100": 27.67, "Urban100": 26.49}),
-        ("RCAN student DUKD (paper)", {"Urban100": 26.62}),
+        (
+            "RCAN student logits KD",
+            "kd",
+            {"Set5": 32.45, "Set14": 28.76, "BSD100": 27.67, "Urban100": 26.49},
+        ),
+        ("RCAN student DUKD (paper)", "dukd", {"Urban100": 26.62}),
     ],
-    "edsr": [("EDSR student DUKD (paper)", {"Urban100": 26.45})],
+    "edsr": [("EDSR student DUKD (paper)", "dukd", {"Urban100": 26.45})],
     "swinir": [
-        ("SwinIR teacher", {"Set5": 32.72, "Set14": 28.94, "BSD100": 27.83, "Urban100": 27.07}),
-        ("SwinIR student scratch", {"Set5": 32.31, "Set14": 28.67, "BSD100": 27.61, "Urban100": 26.15}),
-        ("SwinIR student DUKD (paper)", {"Urban100": 26.43}),
+        ("SwinIR teacher", "teacher", {"Set5": 32.72, "Set14": 28.94, "BSD100": 27.83, "Urban100": 27.07}),
+        (
+            "SwinIR student scratch",
+            "scratch",
+            {"Set5": 32.31, "Set14": 28.67, "BSD100": 27.61, "Urban100": 26.15},
+        ),
+        ("SwinIR student DUKD (paper)", "dukd", {"Urban100": 26.43}),
     ],
 }
 _LEGEND_MAX = 12  # more curves than this: a legend would hide the plot
@@ -50,7 +64,7 @@ def paper_rows(arch: str, scale: int, presets: tuple[str, str], sets: Sequence[s
     if scale != 4 or presets != ("teacher", "student"):
         return []
     rows = []
-    for label, values in PAPER_X4.get(arch, []):
+    for label, _, values in PAPER_X4.get(arch, []):
         cells = [next((values[n] for n in set_aliases(s) if n in values), None) for s in sets]
         if any(c is not None for c in cells):
             rows.append([label, *(f"{c:.2f}" if c is not None else "—" for c in cells)])
