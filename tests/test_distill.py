@@ -252,14 +252,18 @@ def test_spec_comparison_fails_against_a_broken_step():
         assert_same_step(cfg, wrap=_ScaledGradient)
 
 
-class _ScaledGradient:
-    """Scales every gradient by 1.001 before stepping: what a loss weight off by 0.1 % would do."""
+class _WrappedOptimizer:
+    """An optimizer with a changed `step` (a deliberately broken training step, for the tests above)."""
 
     def __init__(self, opt: torch.optim.Optimizer) -> None:
         self.opt = opt
 
     def zero_grad(self) -> None:
         self.opt.zero_grad()
+
+
+class _ScaledGradient(_WrappedOptimizer):
+    """Scales every gradient by 1.001 before stepping: what a loss weight off by 0.1 % would do."""
 
     def step(self) -> None:
         for group in self.opt.param_groups:
@@ -289,14 +293,8 @@ def test_paper_mode_second_step_carries_step_a_gradient():
     )
 
 
-class _ZeroingOptimizer:
-    """Wraps an optimizer so that every step is followed by zero_grad."""
-
-    def __init__(self, opt: torch.optim.Optimizer) -> None:
-        self.opt = opt
-
-    def zero_grad(self) -> None:
-        self.opt.zero_grad()
+class _ZeroingOptimizer(_WrappedOptimizer):
+    """Every step is followed by zero_grad."""
 
     def step(self) -> None:
         self.opt.step()
