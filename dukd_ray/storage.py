@@ -259,6 +259,16 @@ def _missing_folder(url: str, missing_ok: bool) -> list[Any]:
     raise FileNotFoundError(f"folder not found: {redact_url(url)}") from None
 
 
+def remove(url: str, storage_options: dict[str, Any] | None = None, missing_ok: bool = False) -> None:
+    """Delete one object or file (retried like every call); a missing one is fine with `missing_ok`."""
+    fs, path = get_fs(url, storage_options)
+    try:
+        with_retries(lambda: fs.rm_file(path), url)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     fs, path = get_fs(url, storage_options)
     return bool(with_retries(lambda: fs.exists(path), url))

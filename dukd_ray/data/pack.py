@@ -18,7 +18,6 @@ of the old pack that the new manifest does not list are removed once it is writt
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import logging
@@ -50,6 +49,7 @@ from dukd_ray.storage import (
     list_folder,
     read_bytes,
     redact_url,
+    remove,
     with_retries,
     write_bytes_atomic,
 )
@@ -123,7 +123,7 @@ def pack(
     writer = _Writer(dst, dst_options, params, shards, ends, shapes)
     first_image, first_crop = ends[-1] if ends else (0, 0)
     if first_image < len(pairs):  # a shard will be written: no manifest may describe the old one
-        _remove(dst, MANIFEST_NAME, dst_options)
+        remove(join(dst, MANIFEST_NAME), dst_options, missing_ok=True)
     limit = int(shard_size_mb * 2**20)
     buf: list[Record] = []
     size = 0
@@ -185,18 +185,13 @@ class _Writer:
         }
         manifest = Manifest(scale, tuple(self.shards), sum(s.records for s in self.shards), meta)
         write_bytes_atomic(join(self.dst, MANIFEST_NAME), manifest.to_json(), self.options)
-        _remove(self.dst, PROGRESS_NAME, self.options)  # none when no shard was written
+        # none when no shard was written
+        remove(join(self.dst, PROGRESS_NAME), self.options, missing_ok=True)
         listed = {s.name for s in self.shards}
         for name in list_folder(self.dst, self.options, missing_ok=True):
             if SHARD_NAME.fullmatch(name) and name not in listed:  # left by a pack this one replaced
-                _remove(self.dst, name, self.options)
+                remove(join(self.dst, name), self.options, missing_ok=True)
         return manifest
-
-
-def _remove(dst: str, name: str, options: dict[str, Any] | None) -> None:
-    fs, path = get_fs(join(dst, name), options)
-    with contextlib.suppress(FileNotFoundError):
-        with_retries(lambda: fs.rm_file(path), join(dst, name))
 
 
 def _shape_key(shape: tuple[int, ...]) -> str:
@@ -224,8 +219,8 @@ def _resume(
                 "to replace it, or choose another DST"
             )
         log.warning("--overwrite: replacing the pack in %s (%s)", redact_url(dst), why)
-        _remove(dst, MANIFEST_NAME, options)
-        _remove(dst, PROGRESS_NAME, options)
+        remove(join(dst, MANIFEST_NAME), options, missing_ok=True)
+        remove(join(dst, PROGRESS_NAME), options, missing_ok=True)
         return [], [], Counter()
     prev_params, prev_shards, prev_ends = record
     shards, ends, shapes = [], [], Counter()

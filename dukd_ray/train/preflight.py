@@ -29,6 +29,7 @@ from dukd_ray.storage import (
     is_local,
     join,
     redact_url,
+    remove,
     with_retries,
     write_bytes_atomic,
 )
@@ -189,8 +190,7 @@ def probe_storage(run_url: str, storage_options: dict[str, Any] | None = None) -
     marker = join(run_url, f".dukd-write-probe-{uuid.uuid4().hex}")
     try:
         write_bytes_atomic(marker, b"dukd write probe\n", storage_options)
-        fs, path = get_fs(marker, storage_options)
-        with_retries(lambda: fs.rm_file(path), marker)
+        remove(marker, storage_options)
     finally:
         for folder in created:
             if folder.is_dir() and not any(folder.iterdir()):
