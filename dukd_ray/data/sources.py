@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dukd_ray.data.cache import RemoteShards
 from dukd_ray.data.shards import (
     MANIFEST_NAME,
     Manifest,
@@ -27,7 +28,7 @@ from dukd_ray.data.shards import (
 )
 from dukd_ray.image.io import is_image_name
 from dukd_ray.image.pairs import PairError, read_pair
-from dukd_ray.storage import exists, get_fs, join, list_folder, redact_url, with_retries
+from dukd_ray.storage import exists, get_fs, join, list_folder, redact_url
 
 Record = tuple[str, np.ndarray, np.ndarray]
 HR_DIR = "DIV2K_train_HR"
@@ -121,6 +122,7 @@ class ShardSource:
     prefix: str
     scale: int
     storage_options: dict[str, Any] | None = None
+    fetcher: RemoteShards = field(default_factory=RemoteShards)  # or a node-local `cache.ShardCache`
     manifest: Manifest = field(init=False)
 
     def __post_init__(self) -> None:
@@ -142,7 +144,7 @@ class ShardSource:
             records = self._header(fs, unit, url, path)
             for run in _runs([records[r] for _, r in group]):
                 start, end = run[0].offset, run[-1].end
-                data = with_retries(lambda p=path, s=start, e=end: fs.cat_file(p, start=s, end=e), url)
+                data = self.fetcher.read(self.manifest.shards[unit], url, fs, path, start, end)
                 for info in run:
                     hr, lr = decode_record(data, info.offset - start, info, url)
                     yield f"{info.name} in {redact_url(url)}", hr, lr
@@ -152,14 +154,14 @@ class ShardSource:
         if unit not in self._headers:
             info = self.manifest.shards[unit]
             try:
-                size = with_retries(lambda: fs.size(path), url)
+                size = self.fetcher.size(info, url, fs, path)
             except FileNotFoundError:
                 raise FileNotFoundError(
                     f"shard listed in the manifest is missing: {redact_url(url)}"
                 ) from None
             check_size(info, size, url)
             # the manifest knows the header's length: one range request of exactly that many bytes
-            head = with_retries(lambda: fs.cat_file(path, start=0, end=min(size, info.header_bytes)), url)
+            head = self.fetcher.read(info, url, fs, path, 0, min(size, info.header_bytes))
             self._headers[unit] = check_header(info, head, url)
         return self._headers[unit]
 

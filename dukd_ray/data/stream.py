@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dukd_ray.data.plan import StreamPlan
+from dukd_ray.data.reuse import prepare_source
 from dukd_ray.data.sources import Record, Source, open_source
 
 log = logging.getLogger(__name__)
@@ -289,10 +290,14 @@ def build_train_stream(
     pin_memory: bool = False,
     *,
     shuffle_buffer: int = 1024,
+    cache_dir: str | None = None,
+    cache_bytes: int = 0,
+    patches_per_record: int = 1,
 ) -> TrainStream:
     """The training stream of one rank over a shard prefix or a DIV2K-layout root.
 
     `shuffle_buffer` counts patches held per loader worker (a 48 px x4 patch pair is ~117 KB).
+    `cache_dir`, `cache_bytes` and `patches_per_record`: see `reuse.prepare_source`.
     """
     for name, value in (
         ("scale", scale),
@@ -307,6 +312,7 @@ def build_train_stream(
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     source = open_source(url, scale, storage_options)
+    source = prepare_source(source, cache_dir, cache_bytes, patches_per_record)
     plan = StreamPlan(source.counts, batch_size, world_size, max(1, num_workers), seed, shuffle_buffer)
     if rank == 0:
         log.info(

@@ -58,6 +58,9 @@ class DataSpec:
     patch_size: int = 48  # LR patch side
     batch_size: int = 16  # per worker
     loader_workers: int = 2  # decode processes per training worker
+    cache_dir: str | None = None  # node-local folder caching shards for every process of the node
+    cache_gb: float = 100.0  # the cache's bound on each node (GiB)
+    patches_per_record: int = 1  # patches cut from every fetched crop (docs/performance.md)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for every URL
 
 
@@ -237,6 +240,10 @@ class JobConfig:
         _check(d.patch_size >= 4, "data.patch_size", d.patch_size, "an integer >= 4")
         _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
         _check(d.loader_workers >= 0, "data.loader_workers", d.loader_workers, "an integer >= 0")
+        local = d.cache_dir is None or "://" not in d.cache_dir
+        _check(local, "data.cache_dir", d.cache_dir, "null or a local folder on every node")
+        _check(d.cache_gb > 0, "data.cache_gb", d.cache_gb, "a number > 0")
+        _check(d.patches_per_record >= 1, "data.patches_per_record", d.patches_per_record, "an integer >= 1")
         _check(d.val_sets is None or len(d.val_sets) > 0, "data.val_sets", d.val_sets, "a non-empty list")
         _check(t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1")
         _check(t.lr > 0, "train.lr", t.lr, "a number > 0")
