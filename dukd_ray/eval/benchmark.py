@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm import tqdm
 
+from dukd_ray.eval.device_metrics import psnr_ssim
 from dukd_ray.eval.inference import InferenceOptions, model_device, super_resolve
-from dukd_ray.eval.metrics import psnr, ssim
 from dukd_ray.eval.scores import ImageScores, SetScores, set_scores
 from dukd_ray.eval.setnames import set_aliases
-from dukd_ray.image.convert import to_float_tensor, to_uint8_hwc
+from dukd_ray.image.convert import quantise, to_float_tensor
 from dukd_ray.image.io import is_image_name
 from dukd_ray.image.pairs import read_pair
 from dukd_ray.image.resize import imresize
@@ -94,12 +95,15 @@ def load_benchmark_sets(
     return sets
 
 
-def _score(sr: np.ndarray, pair: Pair, scale: int) -> tuple[float, float]:
-    if sr.shape != pair.hr.shape:
+def _score(sr: torch.Tensor, pair: Pair, scale: int) -> tuple[float, float, np.ndarray]:
+    """(PSNR-Y, SSIM-Y, SR as uint8 HWC) of a uint8 (3, H, W) SR image, scored on its own device."""
+    shape = (*sr.shape[1:], sr.shape[0])
+    if shape != pair.hr.shape:
         raise ValueError(
-            f"{pair.name}: output is {sr.shape}, HR is {pair.hr.shape} (wrong scale for this model?)"
+            f"{pair.name}: output is {shape}, HR is {pair.hr.shape} (wrong scale for this model?)"
         )
-    return psnr(sr, pair.hr, crop_border=scale), ssim(sr, pair.hr, crop_border=scale)
+    hr = torch.from_numpy(pair.hr).to(sr.device).permute(2, 0, 1)
+    return (*psnr_ssim(sr, hr, crop_border=scale), sr.permute(1, 2, 0).cpu().contiguous().numpy())
 
 
 def evaluate_pair(
@@ -111,17 +115,16 @@ def evaluate_pair(
     """Super-resolve one pair: (PSNR-Y, SSIM-Y, SR as RGB uint8 HWC), border `scale` cropped.
 
     The LR goes to the model's device; the model stays where the caller put it (once, not per image).
+    The output is quantised and scored there (`device_metrics`): only the uint8 image comes back.
     """
     lr = to_float_tensor(pair.lr, device=model_device(model))
     out = super_resolve(model, lr, options, scale=scale)
-    sr = to_uint8_hwc(out[0])
-    return (*_score(sr, pair, scale), sr)
+    return _score(quantise(out[0]), pair, scale)
 
 
 def bicubic_pair(pair: Pair, scale: int) -> tuple[float, float, np.ndarray]:
     """The bicubic baseline for one pair: LR upscaled with MATLAB bicubic, scored like a model."""
-    sr = to_uint8_hwc(imresize(to_float_tensor(pair.lr), scale))
-    return (*_score(sr, pair, scale), sr)
+    return _score(quantise(imresize(to_float_tensor(pair.lr), scale)[0]), pair, scale)
 
 
 def _evaluate(

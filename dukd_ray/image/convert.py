@@ -23,6 +23,20 @@ def to_float_tensor(
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].to(device=device, dtype=dtype) / 255.0
 
 
+def quantise(t: torch.Tensor) -> torch.Tensor:
+    """Float values in [0, 1] -> uint8 of the same shape on the same device: clamp, round(v * 255).
+
+    In float64, a band of rows at a time, so no float64 copy of a whole image is ever made.
+    """
+    t = t.detach()
+    out = torch.empty(t.shape, dtype=torch.uint8, device=t.device)
+    rows = max(1, CHUNK_ELEMENTS // max(1, t[..., :1, :].numel()))
+    for top in range(0, t.shape[-2], rows):
+        band = t[..., top : top + rows, :].to(torch.float64, copy=True)
+        out[..., top : top + rows, :] = band.clamp_(0, 1).mul_(255.0).round_()
+    return out
+
+
 def to_uint8_hwc(img: Image, what: str = "image") -> np.ndarray:
     """An RGB uint8 HWC array from uint8 HWC numpy or a float (C, H, W) / (1, C, H, W) tensor in [0, 1]."""
     if isinstance(img, torch.Tensor):
@@ -33,13 +47,7 @@ def to_uint8_hwc(img: Image, what: str = "image") -> np.ndarray:
             raise ValueError(
                 f"{what}: expected a float (C, H, W) tensor, got dtype={t.dtype} shape={tuple(t.shape)}"
             )
-        c, h, w = t.shape
-        out = np.empty((h, w, c), np.uint8)
-        rows = max(1, CHUNK_ELEMENTS // max(1, c * w))
-        for top in range(0, h, rows):
-            band = t[:, top : top + rows].to(torch.float64, copy=True).clamp_(0, 1).mul_(255.0).round_()
-            out[top : top + rows] = band.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return out
+        return quantise(t).permute(1, 2, 0).cpu().contiguous().numpy()
     if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3:
         return img
     raise ValueError(
