@@ -117,6 +117,8 @@ def test_pack_s3_to_s3_resumes_after_a_failure(sample_data, tmp_path, s3_bucket,
         "--shard-size-mb",
         "0.4",
         "--no-progress",
+        "--workers",
+        "1",
         "--src-storage-options",
         json.dumps(opts),
         "--dst-storage-options",
@@ -144,7 +146,8 @@ def test_pack_s3_to_s3_resumes_after_a_failure(sample_data, tmp_path, s3_bucket,
     assert not fs.exists(join(dst, "_pack_progress.json"))
 
 
-def test_pack_same_as_fresh_after_resume_local(sample_data, tmp_path):
+def test_parallel_pack_resumed_is_the_sequential_pack(sample_data, tmp_path):
+    """Two decoding processes, interrupted by a bad image and resumed: the shards of one process."""
     fresh, resumed = str(tmp_path / "fresh"), str(tmp_path / "resumed")
     src = str(tmp_path / "src")
     shutil.copytree(sample_data.train_url, src)
@@ -153,11 +156,13 @@ def test_pack_same_as_fresh_after_resume_local(sample_data, tmp_path):
     data = victim.read_bytes()
     victim.write_bytes(data[:100])
     with pytest.raises(ValueError, match="0004x4.png"):
-        pack(src, resumed, SCALE, CROP, STEP, shard_size_mb=0.4, progress=False)
+        pack(src, resumed, SCALE, CROP, STEP, shard_size_mb=0.4, progress=False, workers=2)
+    assert Path(resumed, "_pack_progress.json").exists() and not Path(resumed, "manifest.json").exists()
     victim.write_bytes(data)
-    pack(src, resumed, SCALE, CROP, STEP, shard_size_mb=0.4, progress=False)
+    pack(src, resumed, SCALE, CROP, STEP, shard_size_mb=0.4, progress=False, workers=2)
     a, b = load_manifest(fresh), load_manifest(resumed)
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
+    assert sorted(os.listdir(resumed)) == ["manifest.json"] + [s.name for s in b.shards]
 
 
 @pytest.mark.parametrize("flag,value", [("--crop", 90), ("--step", 50), ("--crop", 0)])

@@ -21,9 +21,15 @@ import argparse
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import re
 import sys
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing
+from itertools import islice
 from typing import Any
 
 from tqdm import tqdm
@@ -40,7 +46,7 @@ from dukd_ray.data.shards import (
     parse_manifest,
     shard_info,
 )
-from dukd_ray.data.sources import Record, list_div2k_pairs
+from dukd_ray.data.sources import ImagePair, Record, list_div2k_pairs
 from dukd_ray.errors import UserError, add_debug_arg, cli_main
 from dukd_ray.models.blocks import SUPPORTED_SCALES
 from dukd_ray.storage import (
@@ -96,10 +102,14 @@ def pack(
     dst_options: dict[str, Any] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    workers: int | None = 1,
+    ray_address: str | None = None,
 ) -> Manifest:
     """Pack the DIV2K-layout root `src` into shards + manifest.json under `dst`; resumes if interrupted.
 
-    A pack of other parameters already in `dst` is a UserError unless `overwrite`.
+    A pack of other parameters already in `dst` is a UserError unless `overwrite`. Images are decoded
+    and cut by `workers` processes, or by Ray tasks on the cluster at `ray_address`; the shards are the
+    same whichever way (see `image_crops`).
     """
     if scale not in SUPPORTED_SCALES:
         raise UserError(f"--scale {scale}: expected one of {', '.join(map(str, SUPPORTED_SCALES))}")
@@ -108,6 +118,8 @@ def pack(
             raise ValueError(f"{flag} {value} must be a positive multiple of the scale {scale}")
     if shard_size_mb <= 0:
         raise ValueError(f"--shard-size-mb must be positive, got {shard_size_mb}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: expected a positive number of processes")
     fs, path = get_fs(dst, dst_options)
     if with_retries(lambda: fs.isfile(path), dst):
         raise UserError(f"DST {redact_url(dst)} is a file; expected a folder or prefix for the shards")
@@ -128,20 +140,75 @@ def pack(
     buf: list[Record] = []
     size = 0
     bar = tqdm(total=len(pairs), initial=first_image, desc="packing", unit="img", disable=not progress)
-    for i in range(first_image, len(pairs)):
-        crops = crop_pair(pairs[i].read(scale, src_options), scale, crop, step)
-        for j in range(first_crop if i == first_image else 0, len(crops)):
-            nbytes = crops[j][1].nbytes + crops[j][2].nbytes
-            if buf and size + nbytes > limit:
-                writer.flush(buf, (i, j))
-                buf, size = [], 0
-            buf.append(crops[j])
-            size += nbytes
-        bar.update(1)
+    crops_of = image_crops(pairs[first_image:], scale, crop, step, src_options, workers, ray_address)
+    with closing(crops_of) as images:
+        for i, crops in enumerate(images, first_image):
+            for j in range(first_crop if i == first_image else 0, len(crops)):
+                nbytes = crops[j][1].nbytes + crops[j][2].nbytes
+                if buf and size + nbytes > limit:
+                    writer.flush(buf, (i, j))
+                    buf, size = [], 0
+                buf.append(crops[j])
+                size += nbytes
+            bar.update(1)
     bar.close()
     if buf:
         writer.flush(buf, (len(pairs), 0))
     return writer.finish(num_images=len(pairs))
+
+
+def _read_crops(pair: ImagePair, scale: int, crop: int, step: int, options: dict[str, Any] | None) -> list:
+    return crop_pair(pair.read(scale, options), scale, crop, step)
+
+
+def image_crops(
+    pairs: list[ImagePair],
+    scale: int,
+    crop: int,
+    step: int,
+    options: dict[str, Any] | None = None,
+    workers: int | None = 1,
+    ray_address: str | None = None,
+) -> Iterator[list[Record]]:
+    """The crops of each pair, in order: decoded here (`workers` 1), by a process pool or by Ray tasks.
+
+    Why in order: the writer cuts shards from one sequence, so a parallel pack writes exactly the shards
+    (and the progress record) of a sequential one and either can resume the other. At most
+    2 x `workers` images are in flight (the crops of a 2K image are ~30 MB); `workers` None is one per
+    CPU of this machine, or of the Ray cluster.
+    """
+    args = (scale, crop, step, options)
+    if ray_address is not None:
+        import ray
+
+        ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
+        task = ray.remote(num_cpus=1)(_read_crops)
+        depth = 2 * (workers or max(1, int(ray.cluster_resources().get("CPU", 1))))
+        yield from _in_order(lambda p: task.remote(p, *args), ray.get, pairs, depth)
+    elif (workers or os.cpu_count() or 1) > 1:
+        n = workers or os.cpu_count() or 1
+        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            yield from _in_order(lambda p: pool.submit(_read_crops, p, *args), Future.result, pairs, 2 * n)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    else:
+        yield from (_read_crops(p, *args) for p in pairs)
+
+
+def _in_order(
+    submit: Callable[[ImagePair], Any],
+    result: Callable[[Any], list[Record]],
+    pairs: list[ImagePair],
+    depth: int,
+) -> Iterator[list[Record]]:
+    """Results of `submit(pair)` in the order of `pairs`, with at most `depth` submitted ahead."""
+    todo = iter(pairs)
+    pending = deque(submit(p) for p in islice(todo, depth))
+    while pending:
+        crops = result(pending.popleft())
+        pending.extend(submit(p) for p in islice(todo, 1))
+        yield crops
 
 
 class _Writer:
@@ -291,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size-mb", type=float, default=256)
     p.add_argument("--src-storage-options", help="JSON fsspec options for SRC (prefer env/profile for keys)")
     p.add_argument("--dst-storage-options", help="JSON fsspec options for DST")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes decoding images (default: one per CPU; with --ray, per CPU of the cluster)",
+    )
+    p.add_argument("--ray", metavar="ADDRESS", help="decode on the Ray cluster at ADDRESS (e.g. auto)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--overwrite", action="store_true", help="replace a pack of other parameters already in DST"
@@ -309,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         _options(a.dst_storage_options, "--dst-storage-options"),
         progress=not a.no_progress,
         overwrite=a.overwrite,
+        workers=a.workers,
+        ray_address=a.ray,
     )
     print(
         f"packed {m.num_records} crops from {m.meta['num_images']} images into {len(m.shards)} shards "
