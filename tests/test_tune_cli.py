@@ -31,6 +31,7 @@ def _exit_message(capsys, argv) -> str:
         (["--num-samples", "0"], "--num-samples: expected an integer >= 1"),
         (["--scheduler", "pbt", "--search", "optuna"], "--scheduler pbt explores by itself"),
         (["--reduction-factor", "1"], "--reduction-factor: expected a number > 1"),
+        (["--max-trial-failures", "-2"], "--max-trial-failures: expected an integer >= -1 (-1: no limit)"),
         (["--name", "a/b"], "run.name: expected a name of letters"),
         (["--set", "distill.w_pixel=2"], "unknown config key 'distill.w_pixel'"),
         (
@@ -96,8 +97,30 @@ def test_optuna_starts_from_the_paper_point(tmp_path):
     spec = SweepSpec(base.to_dict(), text, "default", str(tmp_path), "s", search="optuna", max_concurrent=2)
     space = parse_space(text, FIELDS)
     (paper,) = resolve_start(space, base)
-    search_alg = _tune_config(spec, base, space, [paper]).search_alg
+    search_alg = _tune_config(spec, base, space, [paper], cluster={}).search_alg  # max_concurrent given
     search_alg.set_search_properties("val_psnr", "max", space.to_tune())
     first = search_alg.suggest("t0")
     assert space.decode(first) == paper
     assert paper["distill.n_gt_sub"] == 2 and paper["distill.w_pix"] == 5.0  # EDSR x2 row
+
+
+@pytest.mark.parametrize(
+    ("cluster", "workers", "gpus", "driver", "fits"),
+    [
+        # cluster/aws-gpu.yaml grown to 5 g5.12xlarge: 20 GPUs, but 16 driver slots on the head
+        ({"CPU": 242, "GPU": 20, "dukd_driver": 16}, 1, 1, {"dukd_driver": 1}, 16),
+        ({"CPU": 242, "GPU": 20, "dukd_driver": 16}, 2, 2, {"dukd_driver": 1}, 10),
+        # a local cluster: its driver slots never bind, and the drivers take no CPU
+        ({"CPU": 3, "dukd_driver": 1000}, 1, 0, {"dukd_driver": 1}, 3),
+        # a cluster without the resource: drivers anywhere, 0.01 CPU each
+        ({"CPU": 3}, 1, 0, {"CPU": 0.01}, 2),
+        ({"CPU": 2, "GPU": 1}, 1, 0.5, {"CPU": 0.01}, 2),
+    ],
+)
+def test_trial_drivers_use_the_head_resource_where_the_cluster_has_it(cluster, workers, gpus, driver, fits):
+    """What each trial's driver asks for, and how many trials fit with it (no Ray: the totals are given)."""
+    from dukd_ray.tune.sweep import SweepSpec, driver_resources, fitting_trials
+
+    spec = SweepSpec({}, "", "s", "/tmp", "s", workers_per_trial=workers, gpus_per_trial=gpus)
+    assert driver_resources(cluster) == driver
+    assert fitting_trials(spec, cluster) == fits

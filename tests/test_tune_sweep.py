@@ -14,6 +14,7 @@ import signal
 
 import fsspec
 import pytest
+import ray
 from ray import tune
 
 from dukd_ray.train.cli import apply_args, build_parser
@@ -21,10 +22,10 @@ from dukd_ray.train.config import JobConfig
 from dukd_ray.train.trainer import prepare
 from dukd_ray.tune import cli
 from dukd_ray.tune.results import BEST_CONFIG, TABLE_CSV
-from dukd_ray.tune.sweep import SweepError, run_sweep
+from dukd_ray.tune.sweep import DRIVER_RESOURCE, LOCAL_DRIVER_SLOTS, SweepError, run_sweep
 
 MAX_STEPS = 6
-RAY_CPUS = 3  # the 2-core machine: two 1-worker trials and their drivers (0.01 CPU) side by side
+RAY_CPUS = 3  # the 2-core machine: two 1-worker trials side by side (their drivers take no CPU), one spare
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +50,37 @@ def _write(path, text: str) -> str:
     return str(path)
 
 
-def test_asha_stops_hopeless_trials_on_s3_and_best_config_round_trips(
+class KillFirstDriverOnce(tune.Callback):
+    """SIGKILLs the first trial's driver (the trial function's process, where its Train run's controller
+    also runs) at the trial's first report; notes each trial's resource request, the driver slots held
+    at each report, and the trials Tune restarted."""
+
+    def __init__(self):
+        self.killed: str | None = None
+        self.requests: list[dict[str, float]] = []
+        self.slots_held: list[float] = []
+        self.restarted: list[str] = []
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.requests.append(trial.placement_group_factory.required_resources)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.slots_held.append(LOCAL_DRIVER_SLOTS - ray.available_resources().get(DRIVER_RESOURCE, 0))
+        if self.killed is None:
+            self.killed = trial.trial_id
+            os.kill(result["pid"], signal.SIGKILL)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.restarted.append(trial.trial_id)
+
+
+def test_asha_sweep_on_s3_survives_a_killed_driver_and_best_config_round_trips(
     ray_cluster, job_args, s3_bucket, tmp_path
 ):
     bucket, opts = s3_bucket
     # First a learning trial, then two whose lr is too small to move the student: ASHA compares each
-    # at the step-2 rung with the trials before it and stops them there.
+    # at the step-2 rung with the trials before it and stops them there. The learner's driver is killed
+    # at its first report; Tune restarts the trial, whose Train run starts again (no checkpoint yet).
     space = _write(
         tmp_path / "space.yaml", "space:\n  train.lr: {grid: [2.0e-3, 1.0e-9, 2.0e-9]}\n  w_pix: 5.0\n"
     )
@@ -63,17 +89,24 @@ def test_asha_stops_hopeless_trials_on_s3_and_best_config_round_trips(
         "--space", space,
         "--num-samples", "1",
         "--scheduler", "asha", "--grace-period", "2", "--reduction-factor", "2",
+        "--max-trial-failures", "1",
         "--storage", f"{bucket}/sweeps",
         "--name", "asha",
         "--set", f"data.storage_options={{endpoint_url: {opts['endpoint_url']}}}",
     ]  # fmt: skip
-    outcome = cli.main(argv)
+    fault = KillFirstDriverOnce()
+    outcome = run_sweep(cli.spec_from_args(cli.build_sweep_parser().parse_args(argv)), tune_callbacks=[fault])
 
+    # every driver (the restarted one too) reserved one driver slot and nothing else
+    assert fault.requests and all(r == {DRIVER_RESOURCE: 1} for r in fault.requests)
+    assert set(fault.slots_held) == {1}  # one trial at a time (--max-concurrent 1)
     fs = fsspec.filesystem("s3", **opts)
     rows = list(_csv(fs.cat(outcome.files[TABLE_CSV]).decode()))
     assert len(rows) == 3 and {r["status"] for r in rows} == {"terminated"}
     by_lr = {float(r["train.lr"]): r for r in rows}
     learner = by_lr[2e-3]
+    assert fault.restarted == [learner["trial_id"]] == [fault.killed]
+    assert len(fault.requests) == 4  # three trials and the learner's restart
     assert learner["rank"] == "1" and learner["early_stopped"] == "False"
     assert int(learner["steps_run"]) == MAX_STEPS
     stopped = [r for r in rows if r["early_stopped"] == "True"]

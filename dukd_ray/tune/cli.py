@@ -63,6 +63,13 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--max-concurrent", type=int, help="trials at once (default: as many as the cluster holds)"
     )
+    g.add_argument(
+        "--max-trial-failures",
+        type=int,
+        default=SweepSpec.max_trial_failures,
+        help="times Tune restarts a failed trial, e.g. one whose driver was lost (-1: no limit; default: "
+        "%(default)s); each restart continues the trial's Train run from its latest checkpoint",
+    )
     g.add_argument("--seed", type=int, help="search seed (default: train.seed)")
     g.add_argument("--resume", action="store_true", help="continue the sweep <storage>/<name> (same command)")
     return p
@@ -87,6 +94,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
         max_concurrent=args.max_concurrent,
+        max_trial_failures=args.max_trial_failures,
         seed=args.seed,
         storage_options=dict(base.data.storage_options),
     )

@@ -6,7 +6,8 @@ Train checkpoint to Tune as a pointer (`train_run.json`: trial id, Train run nam
 copy. A trial restarted from its own pointer (a resumed sweep) continues its Train run; one restarted
 from another trial's pointer continues a copy of that run, under a new name (`<trial>-from-<donor>-<step>`),
 since Ray Train resumes a run folder from its latest checkpoint. `TuneReportCallback` forwards metrics
-only, so here a Train callback hands each report to the driver, which reports it to Tune itself.
+only, so here a Train callback hands each report to the driver, which reports it to Tune itself, through a
+queue actor kept on the driver's node (like the Train controller): it then lives as long as the driver.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import ray.train
 from ray import tune
 from ray.util.queue import Empty, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dukd_ray import storage
 from dukd_ray.train.config import JobConfig
@@ -57,7 +59,8 @@ def fit_reporting_checkpoints(
     """Run this trial's Train run (own, resumed, or cloned) and report its results and pointers to Tune."""
     trial_id = tune.get_context().get_trial_id()
     cfg.run.name = _start_run(trial_id, cfg.run.storage, cfg.data.storage_options or None)
-    reports: Queue = Queue(actor_options={"num_cpus": 0})
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    reports: Queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})  # beside the driver
     job = make_trainer(cfg, [ForwardReports(reports)])
     outcome: list[Any] = []  # the Train Result, or the exception fit() raised
 

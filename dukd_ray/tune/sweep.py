@@ -3,9 +3,11 @@
 Why a TorchTrainer per trial rather than the worker loop inside the trial: each trial then trains exactly
 as `jobs/edsr_x4.py` does (same `build_trainer`, checkpoints, fault tolerance, multi-worker DDP with
 `--workers-per-trial`), which is the Train V2 + Tune pattern Ray documents. The trial function is only a
-driver: it asks Tune for `{"cpu": 0.01}` (Tune rejects an empty request) and the workers ask Ray Train
-for their CPUs/GPUs through the ScalingConfig; `TuneReportCallback` forwards every validation report
-(`step`, `val_psnr`, ...) to Tune, so ASHA can stop a trial at any validation.
+driver: it asks Tune for one unit of the `dukd_driver` resource (only the head node advertises it, so
+drivers never run on spot nodes; see `driver_resources`) and the workers ask Ray Train for their
+CPUs/GPUs through the ScalingConfig; `TuneReportCallback` forwards every validation report (`step`,
+`val_psnr`, ...) to Tune, so ASHA can stop a trial at any validation. A trial whose driver fails is
+restarted by Tune (`--max-trial-failures`) and its Train run continues from its latest checkpoint.
 
 Layout under `<storage>/<name>/`: Tune's experiment (trial folders, `experiment_state`), `sweep.json`
 (the settings, checked on `--resume`), `train_runs/<trial_id>/` (each trial's Train run), and `summary/`
@@ -22,7 +24,7 @@ import math
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -46,9 +48,16 @@ SUMMARY = "summary"
 # the same for every trial: the schedulers compare trials at the same steps
 SCHEDULE_KEYS = ("train.max_steps", "train.val_every", "train.ckpt_every")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# A trial's function only drives its TorchTrainer (the workers reserve CPUs/GPUs through the
-# ScalingConfig); Tune refuses a zero request ("empty head and zero worker bundles").
-_DRIVER_RESOURCES = {"cpu": 0.01}
+# A trial's function only drives its TorchTrainer (the workers reserve CPUs/GPUs through the ScalingConfig;
+# Ray Train puts the run's controller on the driver's node). The cluster configs advertise this custom
+# resource on the on-demand head node only, each driver reserves one unit, so a lost spot node never takes a
+# driver with it and the head's amount is how many drivers it holds at once.
+DRIVER_RESOURCE = "dukd_driver"
+# A local cluster (one machine, nothing preempted) advertises it too, so a sweep runs there as on a cluster;
+# so many that the machine's CPUs/GPUs, never this, limit how many trials run at once.
+LOCAL_DRIVER_SLOTS = 1000
+# Where the cluster has no driver resource: any node, and the least Tune accepts (it refuses a zero request).
+_ANY_NODE_DRIVER = {"CPU": 0.01}
 FIELDS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in SECTIONS.items()}
 
 
@@ -75,7 +84,8 @@ class SweepSpec:
     scheduler: str = "asha"
     grace_period: int | None = None  # steps before ASHA may stop a trial; None: one validation interval
     reduction_factor: float = 3.0
-    max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs hold
+    max_concurrent: int | None = None  # None: as many as the cluster's CPUs/GPUs and driver slots hold
+    max_trial_failures: int = 2  # Tune's restarts of a failed trial (its driver lost, ...); -1: no limit
     seed: int | None = None  # None: the base config's train.seed
     storage_options: dict[str, Any] = field(default_factory=dict)
 
@@ -209,13 +219,24 @@ def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[An
         storage.write_bytes_atomic(spec_url, saved, spec.storage_options)
 
     init_ray()
+    import ray
+
+    cluster = ray.cluster_resources()
+    resources = driver_resources(cluster)
+    if DRIVER_RESOURCE not in resources:
+        log.warning(
+            "[dukd] the cluster has no %s resource: trial drivers may run on any node (spot ones too) and a "
+            "trial whose driver is lost restarts (--max-trial-failures); docs/cluster.md shows how to give "
+            "the head node one",
+            DRIVER_RESOURCE,
+        )
     driver = tune.with_parameters(
         _trial_driver,
         base=base.to_dict(),
         space_text=spec.space_text,
         report_checkpoints=spec.scheduler == "pbt",
     )
-    trainable = tune.with_resources(driver, _DRIVER_RESOURCES)
+    trainable = tune.with_resources(driver, resources)
     if resume:
         log.info("resuming the sweep at %s", storage.redact_url(spec.url))
         tuner = tune.Tuner.restore(exp_path, trainable, resume_errored=True, storage_filesystem=exp_fs)
@@ -224,13 +245,14 @@ def run_sweep(spec: SweepSpec, resume: bool = False, tune_callbacks: Sequence[An
         tuner = tune.Tuner(
             trainable,
             param_space=space.to_tune(),
-            tune_config=_tune_config(spec, base, space, points),
+            tune_config=_tune_config(spec, base, space, points, cluster),
             run_config=tune.RunConfig(
                 name=spec.name,
                 storage_path=root_path,
                 storage_filesystem=root_fs,
                 callbacks=list(tune_callbacks),
-                failure_config=tune.FailureConfig(max_failures=0),  # Ray Train already retries workers
+                # Ray Train retries its workers (run.max_failures); this covers the trial's driver
+                failure_config=tune.FailureConfig(max_failures=spec.max_trial_failures),
                 verbose=1,
             ),
         )
@@ -244,6 +266,7 @@ def init_ray(**local_init: Any) -> None:
     A local cluster tells its workers its dashboard (State API) address: Ray Train frees the workers of
     a trial that Tune stopped early through the State API, which otherwise cannot tell which cluster is
     meant when other Ray instances run on the same machine, and the stopped trial's CPUs stay reserved.
+    It also advertises the trial drivers' resource (`LOCAL_DRIVER_SLOTS`), as a cluster's head node does.
     """
     import ray
 
@@ -256,7 +279,13 @@ def init_ray(**local_init: Any) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    ray.init(include_dashboard=True, dashboard_port=port, runtime_env={"env_vars": env}, **local_init)
+    ray.init(
+        include_dashboard=True,
+        dashboard_port=port,
+        runtime_env={"env_vars": env},
+        resources={DRIVER_RESOURCE: LOCAL_DRIVER_SLOTS},
+        **local_init,
+    )
 
 
 def summarize(spec: SweepSpec, space: SearchSpace | None = None) -> SweepOutcome:
@@ -302,11 +331,17 @@ def _trial_driver(
     make_trainer(cfg, [TuneReportCallback()]).fit()
 
 
-def _tune_config(spec: SweepSpec, base: JobConfig, space: SearchSpace, points: list[dict[str, Any]]) -> Any:
+def _tune_config(
+    spec: SweepSpec,
+    base: JobConfig,
+    space: SearchSpace,
+    points: list[dict[str, Any]],
+    cluster: dict[str, float],
+) -> Any:
     from ray import tune
 
     seed = base.train.seed if spec.seed is None else spec.seed
-    concurrent = spec.max_concurrent or _fitting_trials(spec)
+    concurrent = spec.max_concurrent or fitting_trials(spec, cluster)
     encoded = [space.encode_point(p) for p in points]
     if spec.search == "optuna":
         from ray.tune.search import ConcurrencyLimiter
@@ -441,18 +476,29 @@ def _scheduler(spec: SweepSpec, base: JobConfig, space: SearchSpace) -> Any:
     )
 
 
-def _fitting_trials(spec: SweepSpec) -> int:
-    """How many trials' workers the cluster holds at once; more would only queue Train runs in drivers.
+def driver_resources(cluster: Mapping[str, float]) -> dict[str, float]:
+    """What each trial's driver asks Tune for, on a cluster with these total resources.
 
-    (Ray's Train + Tune guide: set max_concurrent_trials from the limiting resource.)
+    One `DRIVER_RESOURCE` where the cluster advertises it (the head node, and a local cluster), and no CPU:
+    the head's CPUs stay free and nothing else is drawn to it. On a cluster without it (one not made from
+    `cluster/`), a driver may run on any node: 0.01 CPU.
     """
-    import ray
+    return {DRIVER_RESOURCE: 1} if cluster.get(DRIVER_RESOURCE, 0) >= 1 else dict(_ANY_NODE_DRIVER)
 
-    total = ray.cluster_resources()
+
+def fitting_trials(spec: SweepSpec, cluster: Mapping[str, float]) -> int:
+    """How many trials the cluster holds at once: their workers' CPUs/GPUs, and a driver each.
+
+    More would only queue Train runs in drivers, or drivers waiting for a driver slot. (Ray's Train + Tune
+    guide: set max_concurrent_trials from the limiting resource.)
+    """
+    driver = driver_resources(cluster)
+    slots = cluster[DRIVER_RESOURCE] / driver[DRIVER_RESOURCE] if DRIVER_RESOURCE in driver else math.inf
     if spec.gpus_per_trial > 0:
-        return max(1, math.floor(total.get("GPU", 0) / spec.gpus_per_trial + 1e-9))
-    per_trial = spec.workers_per_trial + _DRIVER_RESOURCES["cpu"]  # CPU workers take 1 CPU each
-    return max(1, math.floor(total.get("CPU", 1) / per_trial))
+        by_workers = cluster.get("GPU", 0) / spec.gpus_per_trial
+    else:  # CPU workers take 1 CPU each
+        by_workers = cluster.get("CPU", 1) / (spec.workers_per_trial + driver.get("CPU", 0))
+    return max(1, math.floor(min(by_workers, slots) + 1e-9))
 
 
 def _check_settings(spec: SweepSpec) -> None:
@@ -470,6 +516,10 @@ def _check_settings(spec: SweepSpec) -> None:
         raise SweepError(f"--workers-per-trial: expected an integer >= 1, got {spec.workers_per_trial}")
     if spec.reduction_factor <= 1:
         raise SweepError(f"--reduction-factor: expected a number > 1, got {spec.reduction_factor}")
+    if spec.max_trial_failures < -1:
+        raise SweepError(
+            f"--max-trial-failures: expected an integer >= -1 (-1: no limit), got {spec.max_trial_failures}"
+        )
     if spec.grace_period is not None and spec.grace_period < 1:
         raise SweepError(f"--grace-period: expected an integer >= 1 (steps), got {spec.grace_period}")
     g, w = spec.gpus_per_trial, spec.workers_per_trial
