@@ -35,6 +35,7 @@ import dukd_ray.tune.cli  # noqa: F401
 from dukd_ray.data.shards import RecordInfo
 from dukd_ray.distill import recipe
 from dukd_ray.models import build_arch
+from dukd_ray.tune.sweep import DRIVER_RESOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER_YAMLS = sorted((ROOT / "cluster").glob("*.yaml"))
@@ -180,6 +181,36 @@ def test_rayjob_manifest() -> None:
     packages = runtime_env["pip"]["packages"]
     assert any(p.startswith("-c ") and p.endswith("/constraints.txt") for p in packages), packages
     assert any(p.startswith("dukd-ray") for p in packages), packages
+
+
+def _kuberay_resources(group: dict) -> dict[str, float]:
+    """A group's custom resources: KubeRay passes `rayStartParams.resources` (a JSON string, quoted) to
+    `ray start --resources`."""
+    text = group["rayStartParams"].get("resources")
+    return json.loads(json.loads(text)) if text else {}
+
+
+def test_sweep_drivers_have_slots_on_the_head_only_one_per_gpu() -> None:
+    """Every cluster config gives the (on-demand) head the trial drivers' resource and no GPU node has it, so
+    no driver is on a spot node; the head holds a driver for every GPU the cluster can grow to."""
+    aws = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
+    types = aws["available_node_types"]
+    head = types.pop(aws["head_node_type"])
+    assert all(DRIVER_RESOURCE not in t["resources"] for t in types.values())
+    assert head["resources"][DRIVER_RESOURCE] >= sum(
+        t["max_workers"] * t["resources"]["GPU"] for t in types.values()
+    )
+    (cluster,) = [d for d in yaml.safe_load_all(RAYCLUSTER.read_text()) if d]
+    (job,) = [d for d in yaml.safe_load_all(RAYJOB.read_text()) if d]
+    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
+        groups = spec["workerGroupSpecs"]
+        assert all(DRIVER_RESOURCE not in _kuberay_resources(g) for g in groups)
+        gpus = sum(
+            g["maxReplicas"]
+            * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+            for g in groups
+        )
+        assert _kuberay_resources(spec["headGroupSpec"])[DRIVER_RESOURCE] >= gpus
 
 
 # ---------------------------------------------------------------- commands in the docs
