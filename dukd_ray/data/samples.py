@@ -19,7 +19,7 @@ import torch
 from dukd_ray.image.convert import to_float_tensor, to_uint8_hwc
 from dukd_ray.image.io import write_png
 from dukd_ray.image.resize import imresize
-from dukd_ray.storage import join, read_bytes, write_bytes_atomic
+from dukd_ray.storage import exists, join, read_bytes, write_bytes_atomic
 
 SET_NAME = "Sample"
 MAX_SIDE = 512  # keeps the whole data set a few MB and its build a few seconds
@@ -157,3 +157,44 @@ def default_sample_data() -> SampleData:
         os.path.expanduser("~"), ".cache", "dukd_ray", "samples"
     )
     return write_sample_data(root)
+
+
+DIV2K_HR_SIZE = (1356, 2040)  # (h, w): DIV2K's most common landscape size (its long side is always 2040)
+
+
+def div2k_like_image(index: int, size: tuple[int, int] = DIV2K_HR_SIZE) -> np.ndarray:
+    """A DIV2K-size RGB uint8 image: a mosaic of one training photograph and its mirror images.
+
+    Why: measuring the packer, the loader and validation at DIV2K's sizes needs images of that size,
+    and no download is possible. The photograph cycles with `index` and the mosaic is shifted by it,
+    so no two images are the same.
+    """
+    photo = TRAIN_PHOTOS[index % len(TRAIN_PHOTOS)].load()
+    row = np.concatenate([photo, photo[:, ::-1]], axis=1)
+    tile = np.concatenate([row, row[::-1]], axis=0)
+    h, w = size
+    shift = (index * 37) % tile.shape[0], (index * 53) % tile.shape[1]
+    reps = (-(-(h + shift[0]) // tile.shape[0]), -(-(w + shift[1]) // tile.shape[1]), 1)
+    big = np.tile(tile, reps)
+    return np.ascontiguousarray(big[shift[0] : shift[0] + h, shift[1] : shift[1] + w])
+
+
+def write_div2k_like(
+    root: str, num_images: int, scale: int = 4, size: tuple[int, int] = DIV2K_HR_SIZE
+) -> str:
+    """A DIV2K-layout root of `num_images` DIV2K-size HR images and their x`scale` LR images; its URL.
+
+    Idempotent per image: an image already written (HR and LR present) is kept.
+    """
+    if size[0] % scale or size[1] % scale:
+        raise ValueError(f"image size {size} must be a multiple of the scale {scale}")
+    for i in range(num_images):
+        stem = f"{i + 1:04d}"
+        hr_url = join(root, "DIV2K_train_HR", f"{stem}.png")
+        lr_url = join(root, "DIV2K_train_LR_bicubic", f"X{scale}", f"{stem}x{scale}.png")
+        if exists(hr_url) and exists(lr_url):
+            continue
+        hr = div2k_like_image(i, size)
+        write_png(lr_url, bicubic_lr(hr, scale))
+        write_png(hr_url, hr)
+    return root
