@@ -191,8 +191,9 @@ def _kuberay_resources(group: dict) -> dict[str, float]:
 
 
 def test_sweep_drivers_have_slots_on_the_head_only_one_per_gpu() -> None:
-    """Every cluster config gives the (on-demand) head the trial drivers' resource and no GPU node has it, so
-    no driver is on a spot node; the head holds a driver for every GPU the cluster can grow to."""
+    """Every cluster config gives the head (on demand; a KubeRay head pod selects on-demand nodes) the trial
+    drivers' resource and no GPU node has it, so no driver is on a spot node; the head holds a driver for
+    every GPU the cluster can grow to."""
     aws = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
     types = aws["available_node_types"]
     head = types.pop(aws["head_node_type"])
@@ -211,6 +212,8 @@ def test_sweep_drivers_have_slots_on_the_head_only_one_per_gpu() -> None:
             for g in groups
         )
         assert _kuberay_resources(spec["headGroupSpec"])[DRIVER_RESOURCE] >= gpus
+        on_demand = spec["headGroupSpec"]["template"]["spec"]["nodeSelector"]
+        assert on_demand["eks.amazonaws.com/capacityType"] == "ON_DEMAND"
 
 
 # ---------------------------------------------------------------- commands in the docs

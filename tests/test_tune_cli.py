@@ -114,6 +114,7 @@ def test_optuna_starts_from_the_paper_point(tmp_path):
         ({"CPU": 3, "dukd_driver": 1000}, 1, 0, {"dukd_driver": 1}, 3),
         # a cluster without the resource: drivers anywhere, 0.01 CPU each
         ({"CPU": 3}, 1, 0, {"CPU": 0.01}, 2),
+        ({"CPU": 8, "dukd_driver": 1000}, 2, 0, {"dukd_driver": 1}, 4),
         ({"CPU": 2, "GPU": 1}, 1, 0.5, {"CPU": 0.01}, 2),
     ],
 )
@@ -124,3 +125,6 @@ def test_trial_drivers_use_the_head_resource_where_the_cluster_has_it(cluster, w
     spec = SweepSpec({}, "", "s", "/tmp", "s", workers_per_trial=workers, gpus_per_trial=gpus)
     assert driver_resources(cluster) == driver
     assert fitting_trials(spec, cluster) == fits
+    if not gpus:  # CPU workers asking for more CPUs (run.cpus_per_worker) fit fewer trials
+        spec.base = {"run": {"cpus_per_worker": 2}}
+        assert fitting_trials(spec, cluster) == max(1, fits // 2)

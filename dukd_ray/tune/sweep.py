@@ -496,8 +496,9 @@ def fitting_trials(spec: SweepSpec, cluster: Mapping[str, float]) -> int:
     slots = cluster[DRIVER_RESOURCE] / driver[DRIVER_RESOURCE] if DRIVER_RESOURCE in driver else math.inf
     if spec.gpus_per_trial > 0:
         by_workers = cluster.get("GPU", 0) / spec.gpus_per_trial
-    else:  # CPU workers take 1 CPU each
-        by_workers = cluster.get("CPU", 1) / (spec.workers_per_trial + driver.get("CPU", 0))
+    else:  # CPU workers take run.cpus_per_worker CPUs each (Ray's 1 when unset)
+        cpus = spec.workers_per_trial * (spec.base.get("run", {}).get("cpus_per_worker") or 1)
+        by_workers = cluster.get("CPU", 1) / (cpus + driver.get("CPU", 0))
     return max(1, math.floor(min(by_workers, slots) + 1e-9))
 
 
