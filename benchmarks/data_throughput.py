@@ -1,6 +1,7 @@
 """Training-data throughput per loader process: BasicSR-style PNG decoding vs our shards over S3.
 
     python benchmarks/data_throughput.py [--json] [--images 6] [--png-batches 8] [--shard-epochs 2]
+        [--reuse 4]
 
 (a) `png`: the DIV2K-layout folder read the BasicSR way: every sample decodes a ~2K HR PNG and
     its LR PNG, then crops a random aligned patch.
@@ -12,9 +13,13 @@ worker process delivers (batch 16, LR patch 48, x4, with augmentation and float 
 timed from the first request, so filling the shuffle buffer is included. Shards are timed over
 whole epochs (every crop read once per epoch).
 
-The embedded sample photographs are ~500 px; to get DIV2K-like work per sample each HR image is
-a 4 x 3 mosaic of one photograph and its flips (2016 x 1512, like DIV2K's 2040 x 1356) and its LR
-is made with our MATLAB-compatible bicubic.
+(c) `epochs`: the shard path per epoch, three ways: `default`, `cache` (a node-local shard cache,
+    `data.cache_dir`) and `patches_per_record_K` (K patches cut from every fetched crop): patches/s
+    and the bytes and requests fetched from the store per patch, in epoch 1 and in epoch 2.
+
+The embedded sample photographs are ~500 px; to get DIV2K's work per sample each HR image is a
+DIV2K-size (2040 x 1356) mosaic of one photograph and its mirror images (`samples.write_div2k_like`)
+and its LR is made with our MATLAB-compatible bicubic.
 """
 
 from __future__ import annotations
@@ -31,38 +36,20 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import numpy as np
-
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")  # fake credentials for the local moto server only
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 from dukd_ray.data import build_train_stream  # noqa: E402
 from dukd_ray.data.pack import pack  # noqa: E402
-from dukd_ray.data.samples import bicubic_lr, write_sample_data  # noqa: E402
-from dukd_ray.data.sources import HR_DIR, LR_DIR, list_div2k_pairs  # noqa: E402
-from dukd_ray.image.io import read_image, write_png  # noqa: E402
+from dukd_ray.data.samples import DIV2K_HR_SIZE, write_div2k_like  # noqa: E402
 
 SCALE, PATCH, BATCH = 4, 48, 16
 
 
-def mosaic(img: np.ndarray) -> np.ndarray:
-    """A 3 x 4 tiling of the image and its flips, cut to a multiple of 12 (DIV2K-like size)."""
-    row = np.concatenate([img, img[:, ::-1], img, img[:, ::-1]], axis=1)
-    tiled = np.concatenate([row, row[::-1], row], axis=0)
-    h, w = (s - s % 12 for s in tiled.shape[:2])
-    return np.ascontiguousarray(tiled[:h, :w])
-
-
 def make_div2k_like(root: str, n_images: int) -> tuple[int, int]:
-    sample = write_sample_data(os.path.join(root, "samples"), scales=(SCALE,))
-    pairs = list_div2k_pairs(sample.train_url, SCALE)
-    for i in range(n_images):
-        hr = mosaic(read_image(pairs[i % len(pairs)].hr_url))
-        lr = bicubic_lr(hr, SCALE)
-        write_png(os.path.join(root, "div2k", HR_DIR, f"{i + 1:04d}.png"), hr)
-        write_png(os.path.join(root, "div2k", LR_DIR, f"X{SCALE}", f"{i + 1:04d}x{SCALE}.png"), lr)
-    return hr.shape[:2]
+    write_div2k_like(os.path.join(root, "div2k"), n_images, SCALE)
+    return DIV2K_HR_SIZE
 
 
 @contextlib.contextmanager
@@ -102,12 +89,40 @@ def patches_per_second(
     return batches * BATCH / seconds
 
 
+def per_epoch(url: str, storage_options: dict, epochs: int, **options: object) -> list[dict[str, float]]:
+    """Per epoch of one loader process: patches/s, and bytes and requests fetched from the store per patch.
+
+    `options` go to `build_train_stream` (cache_dir, cache_bytes, patches_per_record). Epoch
+    boundaries are batch counts: a reader that starts on its next epoch early counts it in this one.
+    """
+    stream = build_train_stream(
+        url, SCALE, PATCH, BATCH, num_workers=0, storage_options=storage_options, **options
+    )
+    stats = getattr(stream.source, "source", stream.source).fetcher.stats
+    it, out = iter(stream), []
+    for _ in range(epochs):
+        requests, fetched, start = stats.requests, stats.bytes, time.perf_counter()
+        for _ in range(stream.batches_per_epoch):
+            next(it)
+        patches = stream.batches_per_epoch * BATCH
+        out.append(
+            {
+                "patches_per_s": round(patches / (time.perf_counter() - start), 1),
+                "bytes_per_patch": round((stats.bytes - fetched) / patches),
+                "requests_per_patch": round((stats.requests - requests) / patches, 4),
+            }
+        )
+    it.close()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--images", type=int, default=6)
     p.add_argument("--png-batches", type=int, default=8, help="batches timed on the PNG path")
     p.add_argument("--shard-epochs", type=int, default=2, help="epochs timed on the shard path")
+    p.add_argument("--reuse", type=int, default=4, help="patches per record of the reuse variant")
     a = p.parse_args()
 
     import s3fs
@@ -132,6 +147,12 @@ def main() -> None:
         pack_s = time.perf_counter() - t
         png = patches_per_second(os.path.join(tmp, "div2k"), a.png_batches)
         shards = patches_per_second(prefix, None, opts, epochs=a.shard_epochs)
+        variants = {
+            "default": {},
+            "cache": {"cache_dir": os.path.join(tmp, "cache"), "cache_bytes": 2**40},
+            f"patches_per_record_{a.reuse}": {"patches_per_record": a.reuse},
+        }
+        epochs = {name: per_epoch(prefix, opts, 2, **kw) for name, kw in variants.items()}
     result = {
         "png_patches_per_s": round(png, 1),
         "shards_s3_patches_per_s": round(shards, 1),
@@ -147,6 +168,9 @@ def main() -> None:
         "png_patches_timed": a.png_batches * BATCH,
         "shard_epochs_timed": a.shard_epochs,
         "loader_processes": 1,
+        # per variant, [epoch 1, epoch 2]: what one loader process delivers and fetches from the store
+        "epochs": epochs,
+        "shard_bytes": sum(s.bytes for s in manifest.shards),
     }
     if a.json:
         print(json.dumps(result))
