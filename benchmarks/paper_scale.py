@@ -278,6 +278,12 @@ def time_validation(
     return out
 
 
+def save(path: str | None, result: dict[str, Any]) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(result, f)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -285,6 +291,7 @@ def device_name(device: torch.device) -> str:
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
+    """The whole measurement; with `--out FILE` the result so far is written there after each part."""
     device = torch.device(a.device)
     result: dict[str, Any] = {
         "device": device_name(device),
@@ -303,6 +310,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     }
     if a.data_images:
         result["loader"] = loader_supply(a.data_images, a.tiny)
+        save(a.out, result)
     for arch in a.archs:
         step = time_step(arch, a.batch, a.patch, a, device)
         macs = macs_per_step(arch, a.tiny, a.batch, a.patch)
@@ -324,15 +332,18 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             for size in a.growth_sizes:
                 b, p = (int(x) for x in size.split("x"))
                 timed = time_step(arch, b, p, a, device)
+                save(a.out, result | {"partial": {arch: row}})
                 row["growth"][size] = {
                     "step_s": timed["step_s"],
                     "macs": macs_per_step(arch, a.tiny, b, p)["total"],
                     "peak_memory_bytes": timed.get("bytes"),
                 }
+        save(a.out, result | {"partial": {arch: row}})
         if arch in a.val:
             row["validation"] = time_validation(arch, a, device, set(a.val_teacher_sizes))
         result["archs"][arch] = row
         print(f"# {arch} done: step {step['step_s']:.2f} s", file=sys.stderr, flush=True)
+        save(a.out, result)
     return result
 
 
@@ -363,6 +374,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-images", type=int, default=4, help="DIV2K-size images for the loader (0: skip)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", help="also write the result so far to this JSON file after each part")
     return p
 
 
