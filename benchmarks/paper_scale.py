@@ -64,6 +64,11 @@ VAL_SIZES = {"set5": (512, 512), "urban100": (768, 1024)}
 VAL_TILE = 128  # LR tile side for the tiled timing (the run's train.val_tile)
 
 
+def now_both() -> tuple[float, float]:
+    """(wall clock, this process's CPU time): on a shared machine the CPU time is the work done."""
+    return time.perf_counter(), time.process_time()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -93,8 +98,8 @@ class StepClock:
 
     def __init__(self, teacher: nn.Module, student: nn.Module, optimizer: Any, device: torch.device) -> None:
         self.device = device
-        self.events: list[tuple[str, float, float]] = []
-        self._open: dict[str, float] = {}
+        self.events: list[tuple[str, tuple[float, float], tuple[float, float]]] = []
+        self._open: dict[str, tuple[float, float]] = {}
         self.handles = [
             *self._watch(teacher, "teacher"),
             *self._watch(student, "student"),
@@ -110,23 +115,24 @@ class StepClock:
 
     def _mark(self, name: str, start: bool) -> None:
         sync(self.device)
-        now = time.perf_counter()
+        now = now_both()
         if start:
             self._open[name] = now
         else:
             self.events.append((name, self._open.pop(name), now))
 
-    def split(self, began: float, ended: float) -> dict[str, float]:
+    def split(self, began: tuple[float, float], ended: tuple[float, float], i: int) -> dict[str, float]:
+        """Seconds per part: wall-clock (`i` 0) or the process's CPU time, all threads (`i` 1)."""
         parts = {"teacher_forward": 0.0, "student_forward": 0.0, "student_backward": 0.0, "optimizer": 0.0}
-        last_forward_end = began
+        last_forward_end = began[i]
         for name, start, end in self.events:
             if name == "optimizer":
-                parts["student_backward"] += start - last_forward_end
-                parts["optimizer"] += end - start
+                parts["student_backward"] += start[i] - last_forward_end
+                parts["optimizer"] += end[i] - start[i]
             else:
-                parts[f"{name}_forward"] += end - start
-                last_forward_end = end
-        parts["other"] = (ended - began) - sum(parts.values())
+                parts[f"{name}_forward"] += end[i] - start[i]
+                last_forward_end = end[i]
+        parts["other"] = (ended[i] - began[i]) - sum(parts.values())
         return parts
 
     def close(self) -> None:
@@ -207,13 +213,22 @@ def time_step(
         clock = StepClock(teacher, student, optimizer, device)
         with peak_memory(device) as peak:
             sync(device)
-            began, cpu0 = time.perf_counter(), time.process_time()
+            began = now_both()
             out = train_step(student, teacher, optimizer, batch, cfg, gen, amp, fmt)
             sync(device)
-            ended, cpu1 = time.perf_counter(), time.process_time()
+            ended = now_both()
         clock.close()
         losses.append(out["loss"])
-        runs.append({"step_s": ended - began, "cpu_s": cpu1 - cpu0, **clock.split(began, ended), **peak})
+        cpu = {f"cpu_{k}": v for k, v in clock.split(began, ended, 1).items()}
+        runs.append(
+            {
+                "step_s": ended[0] - began[0],
+                "cpu_s": ended[1] - began[1],
+                **clock.split(began, ended, 0),
+                **cpu,
+            }
+        )
+        runs[-1].update(peak)
     result = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     result["upcycling_alone_s"] = time_upcycling(batch, arch, device)
     result["losses_finite"] = bool(np.isfinite(losses).all())
