@@ -18,7 +18,7 @@ from dukd_ray.distill import METHODS, recipe
 from dukd_ray.errors import add_debug_arg, cli_main
 from dukd_ray.models import ARCHS, SUPPORTED_SCALES
 from dukd_ray.storage import redact_url
-from dukd_ray.train.config import ConfigError, JobConfig, parse_overrides
+from dukd_ray.train.config import ConfigError, JobConfig, parse_overrides, worker_count
 from dukd_ray.train.trainer import TrainResult, run_training
 
 
@@ -56,7 +56,12 @@ def add_run_args(
     p.add_argument(
         "--name", help="run name; an existing <storage>/<name> is resumed from its latest checkpoint"
     )
-    p.add_argument("--num-workers", type=int, help="Ray Train workers (one GPU each when GPUs exist)")
+    p.add_argument(
+        "--num-workers",
+        type=_num_workers,
+        metavar="N|MIN-MAX",
+        help="Ray Train workers (one GPU each when GPUs exist); MIN-MAX: elastic, e.g. 4-8 on spot nodes",
+    )
     p.add_argument("--no-gpu", action="store_true", help="train on CPU workers even if GPUs exist")
     p.add_argument("--max-steps", type=int, help="training iterations")
     p.add_argument("--batch-size", type=int, help="patches per worker per step")
@@ -74,6 +79,14 @@ def add_run_args(
         help=print_config_help,
     )
     add_debug_arg(p)
+
+
+def _num_workers(text: str) -> int | list[int]:
+    """`--num-workers 4` or `4-8`; a bad value is argparse's one line naming the flag."""
+    try:
+        return worker_count(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("run.num_workers: ")) from None
 
 
 def print_config_if_asked(args: argparse.Namespace, cfg: JobConfig) -> JobConfig:

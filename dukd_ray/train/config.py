@@ -92,10 +92,14 @@ class RunSpec:
 
     name: str | None = None  # None: "<arch>_x<scale>-<method>-<timestamp>", a fresh run
     storage: str = "~/dukd_runs"  # local dir or fsspec URL; the run folder is <storage>/<name>
-    num_workers: int = 1
+    # a number, or [min, max] / "MIN-MAX" for an elastic run: starts once min fit, shrinks when nodes go,
+    # grows back to max when they return (each resize restarts the group from the latest checkpoint)
+    num_workers: int | list[int] | str = 1
     use_gpu: bool | str = "auto"  # auto: GPU workers when the cluster has GPUs
     gpus_per_worker: float = 1.0  # per GPU worker: a fraction shares a GPU (0.5: two runs on one GPU)
     max_failures: int = 3  # worker failures survived (restart from the last checkpoint); -1 = always
+    max_preemptions: int = -1  # node preemptions survived, counted apart from max_failures; -1 = always
+    resize_check_s: float = 60.0  # how often an elastic run looks for room to grow
     export_name: str = "student"  # <run>/<export_name>.pth and .safetensors
 
     def url(self) -> str:
@@ -105,6 +109,16 @@ class RunSpec:
                 "run.name is not set: resolve the config (dukd_ray.train.trainer.prepare) first"
             )
         return join(self.storage, self.name)
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(min, max) workers of a validated spec; min == max for a fixed-size run."""
+        n = self.num_workers
+        return (n, n) if isinstance(n, int) else (int(n[0]), int(n[1]))
+
+    @property
+    def max_workers(self) -> int:
+        return self.worker_range[1]
 
 
 _URL_KEYS = (
@@ -262,14 +276,16 @@ class JobConfig:
             value = getattr(r, key)
             ok = (value is None and key == "name") or bool(_NAME_RE.match(str(value)))
             _check(ok, f"run.{key}", value, "a name of letters, digits, '.', '_', '-'")
-        _check(r.num_workers >= 1, "run.num_workers", r.num_workers, "an integer >= 1")
+        r.num_workers = worker_count(r.num_workers)
         _check(r.use_gpu in (True, False, "auto"), "run.use_gpu", r.use_gpu, "true, false or auto")
         g = r.gpus_per_worker
         ok = g > 0 and (g <= 1 or g == int(g))
         _check(ok, "run.gpus_per_worker", g, "a number > 0, and a whole number if above 1")
         if g < 1:  # NCCL refuses two ranks on one device, and Ray may pack both onto the same GPU
-            _check(r.num_workers == 1, "run.gpus_per_worker", g, "1 or more with run.num_workers > 1")
+            _check(r.max_workers == 1, "run.gpus_per_worker", g, "1 or more with run.num_workers > 1")
         _check(r.max_failures >= -1, "run.max_failures", r.max_failures, "an integer >= -1")
+        _check(r.max_preemptions >= -1, "run.max_preemptions", r.max_preemptions, "an integer >= -1")
+        _check(r.resize_check_s > 0, "run.resize_check_s", r.resize_check_s, "a number of seconds > 0")
         try:
             self.distill.check_scale(m.scale)
         except ValueError as e:
@@ -287,6 +303,29 @@ def _recipe(arch: str, scale: int, method: str) -> Recipe:
         return recipe(arch, scale, method)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+_WORKER_RANGE_RE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+
+def worker_count(value: int | list[int] | str) -> int | list[int]:
+    """`run.num_workers` (or `--num-workers`) as an int, or [min, max] for an elastic run.
+
+    Takes 4, "4", [4, 8] or "4-8"; [n, n] and "n-n" are the fixed size n.
+    """
+    expected, given = "an integer >= 1, or MIN-MAX / [min, max] with 1 <= min <= max (e.g. 4-8)", value
+    if isinstance(value, str):
+        match = _WORKER_RANGE_RE.match(value)
+        if match:
+            value = [int(match.group(1)), int(match.group(2))]
+        elif value.strip().isdigit():
+            value = int(value)
+    if isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value):
+        low, high = value
+        _check(1 <= low <= high, "run.num_workers", given, expected)
+        return low if low == high else [low, high]
+    _check(type(value) is int and value >= 1, "run.num_workers", given, expected)
+    return value
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:

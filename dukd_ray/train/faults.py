@@ -14,6 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import ray.train
+from ray.train import CheckpointConsistencyMode
+
 from dukd_ray.storage import exists, join, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,9 @@ class Fault:
         if exists(marker, storage_options):
             return
         write_bytes_atomic(marker, b"injected\n", storage_options)
+        # a crash right after a step, not in the middle of the checkpoint uploads Ray runs in the
+        # background: blocks until every reported checkpoint is in storage and registered
+        ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
         log.warning("fault injection: rank %d exits at step %d", rank, step)
         logging.shutdown()
         os._exit(1)

@@ -34,6 +34,7 @@ from dukd_ray.train.checkpoint import checkpoint_dir_name, read_checkpoint, resu
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.faults import Fault
 from dukd_ray.train.outputs import write_outputs
+from dukd_ray.train.preemption import PreemptionWatch
 from dukd_ray.train.progress import ProgressLine, StepMeter, TensorBoard
 from dukd_ray.train.state import TrainState
 from dukd_ray.train.validate import evaluate_distributed, flatten
@@ -110,6 +111,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tensorboard = TensorBoard(run_url, state.step, opts) if rank == 0 else None
     progress = ProgressLine(state.step, t.max_steps, t.log_every)
     meter = StepMeter()
+    preemption = PreemptionWatch(t.max_steps)
     batches = iter(state.stream)
     for step in range(state.step + 1, t.max_steps + 1):
         began = time.perf_counter()
@@ -127,6 +129,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         if _due(step, t.val_every, t.max_steps):
             metrics = _validation_metrics(cfg, state, meter, teacher, sets, evaluate, rank)
+            metrics["world_size"] = world  # an elastic run's size over steps (report, TensorBoard)
             state.history.append(metrics)
             if tensorboard:
                 tensorboard.scalars(step, metrics)
@@ -136,6 +139,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     tensorboard.upload()
             else:
                 ray.train.report(metrics)
+        if preemption.check(step):  # a node of the run is draining: checkpoint now, train no further
+            if not _due(step, t.ckpt_every, t.max_steps):
+                sync = ray.train.CheckpointUploadMode.SYNC  # in storage before the node goes
+                _report_with_checkpoint(preemption.metrics(step, world), state, rank, world, sync)
+            if tensorboard:
+                tensorboard.upload()
+            preemption.wait_for_restart(rank, step)
 
     batches.close()  # stop the loader processes before the (rank 0) exports and report
     if rank == 0:
@@ -190,12 +200,28 @@ def _validation_metrics(
     return metrics
 
 
-def _report_with_checkpoint(metrics: dict[str, Any], state: TrainState, rank: int, world: int) -> None:
-    """`ray.train.report` with this rank's checkpoint of `state` (collective: every rank calls it)."""
-    with tempfile.TemporaryDirectory() as folder:
-        write_checkpoint(folder, state, rank=rank, world_size=world)
-        checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(state.step))
+def _report_with_checkpoint(
+    metrics: dict[str, Any],
+    state: TrainState,
+    rank: int,
+    world: int,
+    upload: ray.train.CheckpointUploadMode = ray.train.CheckpointUploadMode.ASYNC,
+) -> None:
+    """`ray.train.report` with this rank's checkpoint of `state` (collective: every rank calls it).
+
+    ASYNC: training goes on while Ray uploads it (and then deletes the local copy); a checkpoint
+    cut short by a crash is never resumed (`resume_folder` takes complete ones only). A preemption
+    checkpoint is SYNC: in storage before the report returns.
+    """
+    folder = tempfile.mkdtemp(prefix="dukd-checkpoint-")
+    write_checkpoint(folder, state, rank=rank, world_size=world)
+    ray.train.report(
+        metrics,
+        checkpoint=ray.train.Checkpoint.from_directory(folder),
+        checkpoint_dir_name=checkpoint_dir_name(state.step),
+        checkpoint_upload_mode=upload,
+        delete_local_checkpoint_after_upload=True,
+    )
 
 
 def _seed_everything(seed: int) -> None:

@@ -25,6 +25,7 @@ from dukd_ray.train.report import (
     init_lines,
     paper_rows,
     results_rows,
+    workers_line,
     write_report,
 )
 
@@ -68,6 +69,7 @@ def write_outputs(
             f"{cfg.run.num_workers} worker(s) x batch {cfg.data.batch_size}, patch {cfg.data.patch_size}",
             f"exports: {export}.pth (params + params_ema), {export}.safetensors (EMA weights)",
             f"resumed from step(s): {', '.join(map(str, resumes)) or 'never'}",
+            workers_line(history, resumes),
         ],
         sets=names,
         results=results_rows(final, names, labels),

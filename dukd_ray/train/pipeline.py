@@ -212,10 +212,10 @@ def parallel_slots(runs: Sequence[Run], resources: dict[str, float]) -> int:
     slots = []
     for r in runs:
         c = r.config
-        cpus = c.run.num_workers * (1 + c.data.loader_workers)
+        cpus = c.run.max_workers * (1 + c.data.loader_workers)  # an elastic run can grow to its max
         n = resources.get("CPU", 0.0) // cpus
         if c.run.use_gpu is True or (c.run.use_gpu == "auto" and gpus >= 1):
-            n = min(n, gpus // (c.run.num_workers * c.run.gpus_per_worker))
+            n = min(n, gpus // (c.run.max_workers * c.run.gpus_per_worker))
         slots.append(n)
     return max(1, int(min(slots, default=1)))
 

@@ -144,6 +144,33 @@ def init_lines(init: StudentInit | None, seed: int) -> list[str]:
     ]
 
 
+def workers_line(history: Sequence[dict[str, Any]], resumes: Sequence[int]) -> str:
+    """The world size over steps, e.g. `workers: 2 (steps 1-60), 1 (61-90), 2 (91-120)` (elastic runs).
+
+    Each report says the size it was trained at; a size changes where the run resumed, so a segment
+    starts after the latest resume since the report before (at the report before, when none is on record).
+    """
+    segments: list[list[int]] = []  # [world size, first step, last step]
+    previous = 0
+    for report in history:
+        step, world = int(report["step"]), report.get("world_size")
+        if world is None:  # a report from before world sizes were recorded
+            previous = step
+            continue
+        if segments and segments[-1][0] == world:
+            segments[-1][2] = step
+        else:
+            start = max([r for r in resumes if previous <= r < step], default=previous)
+            if segments:
+                segments[-1][2] = start
+            segments.append([int(world), start + 1, step])
+        previous = step
+    if not segments:
+        return "workers: not recorded"
+    parts = [f"{w} (steps {a}-{b})" if i == 0 else f"{w} ({a}-{b})" for i, (w, a, b) in enumerate(segments)]
+    return "workers: " + ", ".join(parts)
+
+
 COST_HEADER = ["model", "params (M)", "MACs (G)", "peak memory (MiB)"]
 
 

@@ -18,7 +18,7 @@ from ray.train.torch import TorchTrainer
 
 from dukd_ray.storage import get_fs, is_local, join, redact_url
 from dukd_ray.train.checkpoint import HISTORY
-from dukd_ray.train.config import JobConfig
+from dukd_ray.train.config import JobConfig, RunSpec
 from dukd_ray.train.faults import Fault
 from dukd_ray.train.loop import DataError, train_loop_per_worker
 from dukd_ray.train.preflight import InputError, check_inputs, resolve
@@ -86,7 +86,8 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg.to_dict(), "fault": fault},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.run.num_workers,
+            num_workers=ray_num_workers(cfg.run),  # (min, max): Ray's elastic restarts
+            elastic_resize_monitor_interval_s=cfg.run.resize_check_s,
             use_gpu=use_gpu,  # one GPU per worker, unless resources_per_worker says otherwise
             resources_per_worker={"GPU": gpus} if use_gpu and gpus != 1 else None,
         ),
@@ -94,7 +95,10 @@ def build_trainer(
             name=cfg.run.name,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            # a preempted node (drained, or dead with Ray's preemption cause) is retried on its own budget
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.run.max_failures, max_preemption_failures=cfg.run.max_preemptions
+            ),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_best,  # Ray keeps the latest on top of these
                 checkpoint_score_attribute="val_psnr",
@@ -134,6 +138,12 @@ def run_training(cfg: JobConfig, *, fault: Fault | None = None) -> TrainResult:
         report_url=join(run_url, "report.md"),
         tensorboard_url=join(run_url, "tensorboard"),
     )
+
+
+def ray_num_workers(run: RunSpec) -> int | tuple[int, int]:
+    """`ScalingConfig.num_workers`: the fixed size, or the elastic (min, max)."""
+    low, high = run.worker_range
+    return low if low == high else (low, high)
 
 
 def ray_storage(url: str, storage_options: dict[str, Any] | None) -> tuple[str, Any]:
