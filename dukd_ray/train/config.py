@@ -76,7 +76,8 @@ class TrainSpec:
     gamma: float = 0.1
     ema_decay: float = 0.999
     seed: int = 10
-    amp: bool = False  # bf16 autocast on CUDA workers (CPU workers always train in fp32)
+    amp: bool = False  # bf16 autocast (CPU workers: where the CPU has bf16 instructions, else fp32)
+    compile: bool = False  # torch.compile the student and the teacher (eager if compilation fails)
     channels_last: bool = True  # network inputs on every worker; the weights too on CUDA workers
     log_every: int = 100
     val_every: int = 5000
@@ -97,6 +98,8 @@ class RunSpec:
     num_workers: int | list[int] | str = 1
     use_gpu: bool | str = "auto"  # auto: GPU workers when the cluster has GPUs
     gpus_per_worker: float = 1.0  # per GPU worker: a fraction shares a GPU (0.5: two runs on one GPU)
+    # CPUs (= torch threads) per worker; None: run_training sizes CPU workers from the cluster, else 1
+    cpus_per_worker: int | None = None
     max_failures: int = 3  # worker failures survived (restart from the last checkpoint); -1 = always
     max_preemptions: int = -1  # node preemptions survived, counted apart from max_failures; -1 = always
     resize_check_s: float = 60.0  # how often an elastic run looks for room to grow
@@ -286,6 +289,10 @@ class JobConfig:
         _check(r.max_failures >= -1, "run.max_failures", r.max_failures, "an integer >= -1")
         _check(r.max_preemptions >= -1, "run.max_preemptions", r.max_preemptions, "an integer >= -1")
         _check(r.resize_check_s > 0, "run.resize_check_s", r.resize_check_s, "a number of seconds > 0")
+        c = r.cpus_per_worker
+        _check(
+            c is None or c >= 1, "run.cpus_per_worker", c, "null (sized from the cluster) or an integer >= 1"
+        )
         try:
             self.distill.check_scale(m.scale)
         except ValueError as e:

@@ -30,12 +30,14 @@ from dukd_ray.eval.inference import InferenceOptions
 from dukd_ray.image.io import ImageDecodeError
 from dukd_ray.image.pairs import PairError
 from dukd_ray.models import StudentInit, build_arch, load_pretrained, load_student_init
+from dukd_ray.train.acceleration import autocast_dtype, compiled
 from dukd_ray.train.checkpoint import checkpoint_dir_name, read_checkpoint, resume_folder, write_checkpoint
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.faults import Fault
 from dukd_ray.train.outputs import write_outputs
 from dukd_ray.train.preemption import PreemptionWatch
 from dukd_ray.train.progress import ProgressLine, StepMeter, TensorBoard
+from dukd_ray.train.resources import use_cpus
 from dukd_ray.train.state import TrainState
 from dukd_ray.train.validate import evaluate_distributed, flatten
 
@@ -60,13 +62,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    use_cpus(cfg.run.cpus_per_worker)  # torch threads = the CPUs this worker asked Ray for
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if cuda and t.channels_last else torch.contiguous_format  # weights
     # inputs: NHWC on CPU workers too (faster oneDNN convolutions, see train_step), unless switched off
     input_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    amp_dtype = torch.bfloat16 if cuda and t.amp else None  # CPU workers train in fp32
+    amp_dtype = autocast_dtype(device, t.amp)  # bf16 where the device has bf16 kernels
 
     # the same initial student on every rank: DDP broadcasts rank 0's, but the EMA copy is taken here
     _seed_everything(t.seed)
@@ -105,6 +108,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 log.info("resuming %s from step %d", cfg.run.name, state.step)
     model = ray.train.torch.prepare_model(student)  # DDP across workers; the teacher is never wrapped
+    # train.compile: the step runs compiled wrappers; EMA, checkpoints and validation use the modules
+    model, step_teacher = compiled(model, t.compile, device), compiled(teacher, t.compile, device)
     sets = load_benchmark_sets(cfg.data.val, cfg.data.val_sets, cfg.model.scale, storage_options=opts)
     evaluate = InferenceOptions(self_ensemble=t.val_self_ensemble, tile=t.val_tile)
 
@@ -117,7 +122,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         began = time.perf_counter()
         batch = {k: v.to(device, non_blocking=cuda) for k, v in _next_batch(batches, rank, step).items()}
         fetched = time.perf_counter()
-        losses = train_step(model, teacher, optimizer, batch, cfg.distill, generator, amp_dtype, input_format)
+        losses = train_step(
+            model, step_teacher, optimizer, batch, cfg.distill, generator, amp_dtype, input_format
+        )
         state.scheduler.step()
         ema.update(model)
         state.step = step

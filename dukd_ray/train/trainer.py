@@ -22,6 +22,7 @@ from dukd_ray.train.config import JobConfig, RunSpec
 from dukd_ray.train.faults import Fault
 from dukd_ray.train.loop import DataError, train_loop_per_worker
 from dukd_ray.train.preflight import InputError, check_inputs, resolve
+from dukd_ray.train.resources import size_cpu_workers, worker_resources
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def build_trainer(
     """
     cfg = prepare(cfg) if check else resolve(cfg)
     storage_path, storage_filesystem = ray_storage(cfg.run.storage, cfg.data.storage_options or None)
-    use_gpu, gpus = _use_gpu(cfg.run.use_gpu), cfg.run.gpus_per_worker
+    use_gpu = _use_gpu(cfg.run.use_gpu)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": cfg.to_dict(), "fault": fault},
@@ -89,7 +90,7 @@ def build_trainer(
             num_workers=ray_num_workers(cfg.run),  # (min, max): Ray's elastic restarts
             elastic_resize_monitor_interval_s=cfg.run.resize_check_s,
             use_gpu=use_gpu,  # one GPU per worker, unless resources_per_worker says otherwise
-            resources_per_worker={"GPU": gpus} if use_gpu and gpus != 1 else None,
+            resources_per_worker=worker_resources(cfg.run, use_gpu),  # run.cpus_per_worker, gpus_per_worker
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
@@ -113,9 +114,12 @@ def run_training(cfg: JobConfig, *, fault: Fault | None = None) -> TrainResult:
     """Check, train (resuming `<storage>/<name>` if it has checkpoints), and return where the outputs are.
 
     `fault`: see `build_trainer`. A bad training record met by a worker is an InputError naming
-    `data.train`, the record and the worker's rank and step, raised at the first failure.
+    `data.train`, the record and the worker's rank and step, raised at the first failure. CPU workers
+    get `run.cpus_per_worker` CPUs, sized from the cluster when unset (`resources.size_cpu_workers`).
     """
     cfg = prepare(cfg)
+    cfg.run.use_gpu = _use_gpu(cfg.run.use_gpu)  # decided once: CPU workers are sized by it
+    cfg = size_cpu_workers(cfg)
     try:
         result = build_trainer(cfg, check=False, fault=fault).fit()
     except ray.train.ControllerError as e:
