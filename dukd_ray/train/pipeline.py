@@ -290,6 +290,8 @@ def run_plan(
         for r in todo:
             outcomes[r.name] = start(r)
         return outcomes
+    for r in todo:  # runs side by side share the nodes: 1 CPU per worker, as parallel_slots counts them
+        r.config.run.cpus_per_worker = r.config.run.cpus_per_worker or 1
     failure: BaseException | None = None
     with ThreadPoolExecutor(max_parallel, thread_name_prefix="reproduce") as pool:
         running: dict[Future[Outcome], Run] = {}
