@@ -266,7 +266,9 @@ def init_ray(**local_init: Any) -> None:
     A local cluster tells its workers its dashboard (State API) address: Ray Train frees the workers of
     a trial that Tune stopped early through the State API, which otherwise cannot tell which cluster is
     meant when other Ray instances run on the same machine, and the stopped trial's CPUs stay reserved.
-    It also advertises the trial drivers' resource (`LOCAL_DRIVER_SLOTS`), as a cluster's head node does.
+    It also advertises the trial drivers' resource (`LOCAL_DRIVER_SLOTS`), as a cluster's head node does,
+    and is always a new one (`address="local"`): without it Ray joins a cluster that `ray start` left on
+    this machine, whose resources are not those.
     """
     import ray
 
@@ -280,6 +282,7 @@ def init_ray(**local_init: Any) -> None:
         port = s.getsockname()[1]
     env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     ray.init(
+        address="local",
         include_dashboard=True,
         dashboard_port=port,
         runtime_env={"env_vars": env},
