@@ -29,7 +29,9 @@ T = TypeVar("T")
 _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:x-amz-[a-z-]*|signature|sig|token|access_key|secret[a-z_]*|key|password|credential)=)[^&#]*"
 )
-_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+# not anchored: `redact_url` also redacts URLs inside a larger string (paired folders `gt=URL,lq=URL`);
+# `check_url` matches at the start only
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@,]*@")
 
 
 try:  # s3fs's dependency: its exceptions are classified by type, not by name

@@ -1,4 +1,5 @@
-"""Where training pairs come from: a DIV2K-layout folder of PNGs or a packed shard prefix.
+"""Where training pairs come from: a DIV2K-layout folder of PNGs, separate HR and LR folders, or a
+packed shard prefix.
 
 Both expose the same small interface to the stream: `counts` (records per unit: one per image
 for PNGs, one per crop for shards, grouped by the unit a reader fetches sequentially) and
@@ -9,6 +10,7 @@ fast path, fetched as a few large range reads per run of consecutive records.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -90,9 +92,74 @@ def list_div2k_pairs(root: str, scale: int, storage_options: dict[str, Any] | No
     return pairs
 
 
+_PAIRED_FIELD = re.compile(r"(?:^|,)(gt|lq|tmpl)=")
+
+
+@dataclass(frozen=True)
+class PairedFolders:
+    """Separate HR and LR folders, BasicSR's `dataroot_gt` / `dataroot_lq` / `filename_tmpl`: the LR of
+    HR `<stem><ext>` is `tmpl.format(stem) + ext` in `lq`. Written as one string, `gt=URL,lq=URL[,tmpl=T]`,
+    so it goes wherever a data URL goes (`--data`, `data.train`, a validation set)."""
+
+    gt: str
+    lq: str
+    tmpl: str = "{}"
+
+    def __post_init__(self) -> None:
+        if self.tmpl.count("{}") != 1 or "{" in self.tmpl.replace("{}", "", 1):
+            raise ValueError(f"paired folders: tmpl {self.tmpl!r} must hold exactly one '{{}}' (the HR stem)")
+
+    @classmethod
+    def parse(cls, text: str) -> PairedFolders | None:
+        """The folders of a `gt=...,lq=...` string; None for any other URL; ValueError if half-written."""
+        if not _PAIRED_FIELD.match(str(text)):
+            return None
+        fields, cuts = {}, list(_PAIRED_FIELD.finditer(text))
+        for match, after in zip(cuts, [*cuts[1:], None], strict=True):
+            key = match.group(1)
+            if key in fields:
+                raise ValueError(f"paired folders {redact_url(text)!r}: {key}= is given twice")
+            fields[key] = text[match.end() : after.start() if after else len(text)]
+        if not fields.get("gt") or not fields.get("lq"):
+            raise ValueError(
+                f"paired folders {redact_url(text)!r}: expected gt=HR_FOLDER,lq=LR_FOLDER[,tmpl={{}}x4]"
+            )
+        return cls(**fields)
+
+    def spec(self) -> str:
+        return f"gt={self.gt},lq={self.lq}" + ("" if self.tmpl == "{}" else f",tmpl={self.tmpl}")
+
+    def describe(self) -> str:
+        return f"HR {redact_url(self.gt)}, LR {redact_url(self.lq)} ({self.tmpl})"
+
+
+def list_paired_pairs(
+    folders: PairedFolders, storage_options: dict[str, Any] | None = None
+) -> list[ImagePair]:
+    """The pairs of two folders, sorted by HR name; every HR needs its LR and vice versa (BasicSR's rule)."""
+    hrs = _list_images(folders.gt, storage_options)
+    if not hrs:
+        raise FileNotFoundError(f"no images in the HR folder {redact_url(folders.gt)}")
+    lrs = _list_images(folders.lq, storage_options)
+    pairs = []
+    for name in sorted(hrs):
+        stem, suffix = _split_suffix(name)
+        lr_name = folders.tmpl.format(stem) + suffix
+        if lr_name not in lrs:
+            raise PairError(
+                f"HR image {redact_url(hrs[name])} has no LR image {lr_name} in {redact_url(folders.lq)}"
+            )
+        pairs.append(ImagePair(stem, hrs[name], lrs.pop(lr_name)))
+    if lrs:
+        orphan = lrs[sorted(lrs)[0]]
+        raise PairError(f"LR image {redact_url(orphan)} has no HR image in {redact_url(folders.gt)}")
+    return pairs
+
+
 @dataclass
 class PngSource:
-    """A DIV2K-layout root read the BasicSR way: every sample decodes one HR and one LR PNG."""
+    """Image pairs read the BasicSR way (every sample decodes one HR and one LR image): a DIV2K-layout
+    root, or separate HR and LR folders (`PairedFolders`' string)."""
 
     read_ahead = 2  # decoded 2K pairs are ~15 MB each
 
@@ -100,13 +167,20 @@ class PngSource:
     scale: int
     storage_options: dict[str, Any] | None = None
     pairs: list[ImagePair] = field(init=False)
+    folders: PairedFolders = field(init=False)  # where the HR and the LR images are
 
     def __post_init__(self) -> None:
-        self.pairs = list_div2k_pairs(self.root, self.scale, self.storage_options)
+        paired = PairedFolders.parse(self.root)
+        if paired is None:
+            self.folders = PairedFolders(join(self.root, HR_DIR), join(self.root, LR_DIR, f"X{self.scale}"))
+            self.pairs = list_div2k_pairs(self.root, self.scale, self.storage_options)
+        else:
+            self.folders = paired
+            self.pairs = list_paired_pairs(paired, self.storage_options)
         self.counts = (1,) * len(self.pairs)
 
     def describe(self) -> str:
-        return f"{len(self.pairs)} PNG pairs (x{self.scale}) under {redact_url(self.root)}"
+        return f"{len(self.pairs)} image pairs (x{self.scale}): {self.folders.describe()}"
 
     def iter_records(self, requests: Iterable[tuple[int, int]]) -> Iterator[Record]:
         for unit, _ in requests:
@@ -179,11 +253,15 @@ def _runs(records: list[RecordInfo]) -> Iterator[list[RecordInfo]]:
 
 
 def open_source(url: str, scale: int, storage_options: dict[str, Any] | None = None) -> Source:
-    """A shard prefix if `url` holds manifest.json, else a DIV2K-layout root."""
+    """Paired folders for a `gt=...,lq=...` string, a shard prefix if `url` holds manifest.json, else a
+    DIV2K-layout root."""
+    if PairedFolders.parse(url) is not None:
+        return PngSource(url, scale, storage_options)
     if exists(join(url, MANIFEST_NAME), storage_options):
         return ShardSource(url, scale, storage_options)
     if exists(join(url, HR_DIR), storage_options):
         return PngSource(url, scale, storage_options)
     raise FileNotFoundError(
-        f"{redact_url(url)} holds neither {MANIFEST_NAME} (a shard prefix) nor {HR_DIR}/ (a DIV2K root)"
+        f"{redact_url(url)} holds neither {MANIFEST_NAME} (a shard prefix) nor {HR_DIR}/ (a DIV2K root); "
+        "separate HR and LR folders are written gt=HR_FOLDER,lq=LR_FOLDER[,tmpl={}x4]"
     )

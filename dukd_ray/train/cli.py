@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
+
 from dukd_ray.distill import METHODS, recipe
 from dukd_ray.errors import add_debug_arg, cli_main
 from dukd_ray.models import ARCHS, SUPPORTED_SCALES
-from dukd_ray.storage import redact_url
+from dukd_ray.storage import read_bytes, redact_url
 from dukd_ray.train.config import ConfigError, JobConfig, parse_overrides, worker_count
+from dukd_ray.train.options import Imported, PathRule, check_paths, import_options, is_option_file
 from dukd_ray.train.trainer import TrainResult, run_training
 
 
@@ -113,7 +117,12 @@ def apply_args(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
     if args.method:
         cfg.with_method(args.method)
     if args.config:
-        _update_from_config_file(cfg, args.config)
+        cfg = _update_from_config_file(cfg, args.config)
+    return apply_flags(cfg, args)
+
+
+def apply_flags(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
+    """The flags and `--set` on top of `cfg` (a `--val-data` root drops the sets of an earlier config)."""
     flags: dict[str, Any] = {
         "data.train": args.data,
         "data.val": args.val_data,
@@ -133,19 +142,40 @@ def apply_args(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
     return JobConfig.from_dict(values, base=cfg)
 
 
-def _update_from_config_file(cfg: JobConfig, url: str) -> None:
-    """`--config FILE`: a file that is missing, a folder or not text is one ConfigError naming it."""
+def _update_from_config_file(cfg: JobConfig, url: str) -> JobConfig:
+    """`--config FILE` on top of `cfg`; a BasicSR option file is pointed to `jobs/train.py`."""
+    values = load_config_values(url)
+    if is_option_file(values):
+        raise ConfigError(
+            f"--config {redact_url(url)}: is a BasicSR option file; run it with "
+            "jobs/train.py --config FILE (arch and scale come from the file)"
+        )
+    try:
+        return JobConfig.from_dict(values, base=cfg)
+    except ConfigError as e:
+        raise ConfigError(f"--config {redact_url(url)}: {e}") from None
+
+
+def load_config_values(url: str) -> Any:
+    """The YAML of `--config FILE` (local or any fsspec URL), read with `yaml.safe_load` only: a tag that
+    would construct a Python object is refused. Missing, a folder, not text or not YAML: one line."""
     where = f"--config {redact_url(url)}"
     try:
-        cfg.update_from_yaml(url)
+        text = read_bytes(url).decode("utf-8")
     except IsADirectoryError:
         raise ConfigError(f"{where}: is a folder (expected a YAML config file)") from None
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"{where}: no such file (expected a YAML config file)") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: not a text file (expected a YAML config file)") from None
-    except ConfigError as e:
-        raise ConfigError(f"--config {e}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.constructor.ConstructorError as e:
+        tag = " " + "".join(re.findall(r"'([^']*)'", e.problem or "")[:1])
+        mark = f" (line {e.problem_mark.line + 1})" if e.problem_mark else ""
+        raise ConfigError(f"{where}: refused YAML tag{tag}{mark}: only plain YAML values are read") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(e).split())}") from None
 
 
 @cli_main(returns_status=False)
@@ -172,6 +202,82 @@ def _note_recipe_init(cfg: JobConfig) -> JobConfig:
             file=sys.stderr,
         )
     return cfg
+
+
+@cli_main(returns_status=False)
+def main_config(argv: Sequence[str] | None = None) -> TrainResult:
+    """`python jobs/train.py --config FILE [flags]`: train what the file (ours, or BasicSR's) says."""
+    args = config_parser().parse_args(argv)
+
+    def config() -> JobConfig:
+        cfg, imported = config_job(args)
+        print_config_if_asked(args, cfg)
+        if imported is not None:
+            check_paths(imported, cfg.to_dict(), cfg.data.storage_options or None)
+        return _note_recipe_init(cfg)
+
+    return _run(config)
+
+
+def config_parser() -> argparse.ArgumentParser:
+    parser = build_parser(
+        "Train what a config file says on Ray Train: our YAML, or a BasicSR / DUKD option file "
+        "(arch, scale and method from the file; docs/training.md has the mapping)."
+    )
+    next(a for a in parser._actions if a.dest == "config").required = True
+    parser.add_argument(
+        "--path-map",
+        action="append",
+        default=[],
+        type=_path_rule,
+        metavar="OLD=NEW",
+        help="rewrite the option file's paths starting with OLD (e.g. /cache/SR=s3://bucket/SR), repeatable",
+    )
+    return parser
+
+
+def _path_rule(text: str) -> PathRule:
+    try:
+        return PathRule.parse(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--path-map {text!r}: ")) from None
+
+
+def config_job(args: argparse.Namespace) -> tuple[JobConfig, Imported | None]:
+    """The config of `--config`: its arch, scale and method's preset (`--tiny` sizes), the file, the flags.
+
+    A BasicSR option file is translated first (`options.import_options`); what it ignores is listed
+    once on stderr. Our own YAML starts from the preset of its `model.arch` / `model.scale`.
+    """
+    where = f"--config {redact_url(args.config)}"
+    values, imported = load_config_values(args.config), None
+    try:
+        if is_option_file(values):
+            imported = import_options(values, args.path_map, tiny=args.tiny)
+            preset, method, values = imported.preset, imported.method, imported.values
+            if imported.ignored:
+                print(f"[dukd] {where}: ignored: {'; '.join(imported.ignored)}", file=sys.stderr)
+        else:
+            preset, method = _preset_of(values)
+        cfg = JobConfig.from_preset(preset, tiny=args.tiny, method=args.method or method)
+        cfg = JobConfig.from_dict(values, base=cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return apply_flags(cfg, args), imported
+
+
+def _preset_of(values: Any) -> tuple[str, str]:
+    """(preset, method) a config of ours names, nested (`model: {arch: ...}`) or dotted (`model.arch`)."""
+    if not isinstance(values, dict):
+        return "edsr_x4", "dukd"
+
+    def value(section: str, key: str, default: Any) -> Any:
+        nested = values.get(section)
+        found = nested.get(key, default) if isinstance(nested, dict) else default
+        return values.get(f"{section}.{key}", found)
+
+    preset = f"{value('model', 'arch', 'edsr')}_x{value('model', 'scale', 4)}"
+    return preset, value("distill", "method", "dukd")
 
 
 @cli_main(returns_status=False)

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from dukd_ray.data.sources import PairedFolders
 from dukd_ray.distill.config import DistillConfig
 from dukd_ray.distill.recipes import FAKD_TAPS, Recipe, recipe
 from dukd_ray.models.blocks import SUPPORTED_SCALES
@@ -53,7 +54,7 @@ class DataSpec:
     """Where the data is. `None` URLs mean the embedded sample set (single-machine runs only)."""
 
     train: str | None = None  # shard prefix (manifest.json) or DIV2K-layout root
-    val: str | None = None  # benchmark-layout root
+    val: str | dict[str, str] | None = None  # benchmark-layout root, or {set name: "gt=HR,lq=LR[,tmpl=T]"}
     val_sets: list[str] | None = None  # None: every set found under `val`
     patch_size: int = 48  # LR patch side
     batch_size: int = 16  # per worker
@@ -222,8 +223,11 @@ class JobConfig:
         """`to_dict()` safe to print or put in a report: URLs redacted, storage options masked."""
         out = self.to_dict()
         for section, key in _URL_KEYS:
-            if out[section][key]:
-                out[section][key] = redact_url(out[section][key])
+            value = out[section][key]
+            if isinstance(value, dict):
+                out[section][key] = {k: redact_url(v) for k, v in value.items()}
+            elif value:
+                out[section][key] = redact_url(value)
         options = out["data"]["storage_options"]
         out["data"]["storage_options"] = {
             k: redact_url(v) if k == "endpoint_url" else "***" for k, v in options.items()
@@ -262,6 +266,11 @@ class JobConfig:
         _check(d.cache_gb > 0, "data.cache_gb", d.cache_gb, "a number > 0")
         _check(d.patches_per_record >= 1, "data.patches_per_record", d.patches_per_record, "an integer >= 1")
         _check(d.val_sets is None or len(d.val_sets) > 0, "data.val_sets", d.val_sets, "a non-empty list")
+        if isinstance(d.val, dict):
+            named = "a benchmark root, or a mapping {set name: gt=HR_FOLDER,lq=LR_FOLDER[,tmpl=T]}"
+            _check(bool(d.val) and all(_is_paired(v) for v in d.val.values()), "data.val", d.val, named)
+            unknown = [s for s in d.val_sets or () if s not in d.val]
+            _check(not unknown, "data.val_sets", d.val_sets, f"names of data.val's sets ({', '.join(d.val)})")
         _check(t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1")
         _check(t.lr > 0, "train.lr", t.lr, "a number > 0")
         _check(all(0 <= b < 1 for b in t.betas), "train.betas", t.betas, "two numbers in [0, 1)")
@@ -303,6 +312,13 @@ class JobConfig:
         for name in SECTIONS:
             setattr(self, name, getattr(other, name))
         return self
+
+
+def _is_paired(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and PairedFolders.parse(value) is not None
+    except ValueError:
+        return False
 
 
 def _recipe(arch: str, scale: int, method: str) -> Recipe:

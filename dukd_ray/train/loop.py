@@ -25,7 +25,7 @@ from dukd_ray.data import build_train_stream
 from dukd_ray.data.shards import ShardFormatError
 from dukd_ray.data.stream import PatchError
 from dukd_ray.distill import EMA, freeze_teacher, train_step
-from dukd_ray.eval.benchmark import Pair, evaluate_bicubic, load_benchmark_sets
+from dukd_ray.eval.benchmark import Pair, evaluate_bicubic
 from dukd_ray.eval.inference import InferenceOptions
 from dukd_ray.image.io import ImageDecodeError
 from dukd_ray.image.pairs import PairError
@@ -40,6 +40,7 @@ from dukd_ray.train.progress import ProgressLine, StepMeter, TensorBoard
 from dukd_ray.train.resources import use_cpus
 from dukd_ray.train.state import TrainState
 from dukd_ray.train.validate import evaluate_distributed, flatten
+from dukd_ray.train.valsets import load_val_sets
 
 log = logging.getLogger(__name__)
 # what a training record can be wrong with: the same on every retry, unlike a lost node or a network error
@@ -110,7 +111,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(student)  # DDP across workers; the teacher is never wrapped
     # train.compile: the step runs compiled wrappers; EMA, checkpoints and validation use the modules
     model, step_teacher = compiled(model, t.compile, device), compiled(teacher, t.compile, device)
-    sets = load_benchmark_sets(cfg.data.val, cfg.data.val_sets, cfg.model.scale, storage_options=opts)
+    sets = load_val_sets(cfg.data.val, cfg.data.val_sets, cfg.model.scale, storage_options=opts)
     evaluate = InferenceOptions(self_ensemble=t.val_self_ensemble, tile=t.val_tile)
 
     tensorboard = TensorBoard(run_url, state.step, opts) if rank == 0 else None

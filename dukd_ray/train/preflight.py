@@ -16,9 +16,8 @@ from typing import Any
 from dukd_ray.data import build_train_stream
 from dukd_ray.data.samples import default_sample_data
 from dukd_ray.data.shards import check_size
-from dukd_ray.data.sources import HR_DIR, LR_DIR, ImagePair, ShardSource, open_source
+from dukd_ray.data.sources import ImagePair, ShardSource, open_source
 from dukd_ray.data.stream import PatchError
-from dukd_ray.eval.benchmark import list_sets, load_benchmark_sets
 from dukd_ray.image.io import ImageDecodeError, open_image
 from dukd_ray.image.pairs import check_pair_shapes
 from dukd_ray.models import build_arch, load_pretrained, load_student_init
@@ -34,6 +33,7 @@ from dukd_ray.storage import (
     write_bytes_atomic,
 )
 from dukd_ray.train.config import JobConfig
+from dukd_ray.train.valsets import load_val_sets, val_set_names
 
 
 class InputError(ValueError):
@@ -57,7 +57,7 @@ def resolve(cfg: JobConfig) -> JobConfig:
         if d.val is None:
             d.val = sample.benchmark_url
     if d.val_sets is None:
-        d.val_sets = _guard("data.val", d.val, lambda: list_sets(d.val, d.storage_options or None))
+        d.val_sets = _guard("data.val", d.val, lambda: val_set_names(d.val, d.storage_options or None))
         if not d.val_sets:
             raise InputError(f"data.val ({redact_url(d.val)}): no benchmark sets (<Set>/HR folders) found")
     if out.run.name is None:
@@ -122,7 +122,7 @@ def check_inputs(cfg: JobConfig) -> None:
 
     _guard("data.train", d.train, lambda: check_training_files(d.train, m.scale, d.patch_size, opts))
     _guard("data.train", d.train, one_batch)
-    _guard("data.val", d.val, lambda: load_benchmark_sets(d.val, d.val_sets, m.scale, storage_options=opts))
+    _guard("data.val", d.val, lambda: load_val_sets(d.val, d.val_sets, m.scale, storage_options=opts))
     _guard("run.storage", cfg.run.storage, lambda: probe_storage(cfg.run.url(), opts))
 
 
@@ -148,7 +148,7 @@ def check_training_files(
             check_size(info, sizes[info.name], shard)
         return
     pairs: list[ImagePair] = source.pairs
-    folders = (join(url, HR_DIR), join(url, LR_DIR, f"X{scale}"))
+    folders = (source.folders.gt, source.folders.lq)
     sizes = {join(f, name): n for f in folders for name, n in file_sizes(f, storage_options).items()}
     urls = [u for pair in pairs for u in (pair.hr_url, pair.lr_url)]
     with ThreadPoolExecutor(PROBE_THREADS) as pool:
