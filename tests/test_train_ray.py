@@ -27,7 +27,8 @@ from dukd_ray.train.checkpoint import checkpoint_dir_name, replica_digest
 from dukd_ray.train.faults import Fault
 
 STEPS = 6
-TIMING = ("samples_per_s", "data_wait_frac")  # wall-clock metrics: the only ones allowed to differ
+# wall-clock metrics (and the workers' torch threads, sized per run): the only ones allowed to differ
+TIMING = ("samples_per_s", "data_wait_frac", "model_tflops", "mfu", "peak_memory_gib", "torch_threads")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def job(sample_data, teacher_url):
 
 @pytest.fixture(scope="module")
 def baseline(ray_cluster, job, tmp_path_factory) -> TrainResult:
-    return run_training(job(str(tmp_path_factory.mktemp("runs")), "baseline"))
+    return run_training(job(str(tmp_path_factory.mktemp("runs")), "baseline", "train.log_every=1"))
 
 
 def _exported(result: TrainResult, storage_options=None) -> dict:
@@ -93,6 +94,9 @@ def test_two_workers_keep_identical_replicas_and_report_everything(baseline, sam
     for term in ("loss_pix", "loss_kd", "loss_zoom_in", "loss_zoom_out"):  # dukd's terms
         assert r.metrics[term] > 0
     assert r.metrics["samples_per_s"] > 0 and 0 <= r.metrics["data_wait_frac"] < 1
+    assert r.metrics["model_tflops"] > 0 and "mfu" not in r.metrics  # no known peak for a CPU
+    # 2 CPU workers on the 2-CPU test cluster: sized to 1 CPU each, and the worker trained on 1 thread
+    assert r.metrics["torch_threads"] == r.config.run.cpus_per_worker == 1
 
     # both ranks' replicas hashed at the last checkpoint are the same, and are the saved student
     folder = r.checkpoint.to_directory()
@@ -126,6 +130,9 @@ def test_run_folder_holds_exports_tensorboard_and_report(baseline):
     tags = set(events.Tags()["scalars"])
     assert {"loss", "loss_zoom_in", "lr", "samples_per_s", "psnr/Sample", "ssim/Sample", "val_psnr"} <= tags
     assert [e.step for e in events.Scalars("val_psnr")] == [2, 4, 6]
+    # the log_every stream (1 here): every loss term, lr and throughput at every step, once each
+    for tag in ("loss", "loss_pix", "loss_zoom_out", "lr", "samples_per_s", "data_wait_frac", "model_tflops"):
+        assert [e.step for e in events.Scalars(tag)] == list(range(1, STEPS + 1)), tag
     report = (run / "report.md").read_text()
     m = baseline.metrics
     for row in ("| bicubic |", "| teacher (tiny_teacher) |", "| student (tiny_student, dukd, EMA) |"):
@@ -133,6 +140,7 @@ def test_run_folder_holds_exports_tensorboard_and_report(baseline):
     assert f"{m['psnr/Sample']:.2f} / {m['ssim/Sample']:.4f}" in report
     assert "curves.png" in report and "crops.png" in report and "method: dukd" in report
     assert "| student / teacher |" in report  # what the student saves, beside its PSNR
+    assert "samples/s |" in report and "TFLOP/s" in report and "torch threads: 1 per worker" in report
     html = (run / "report.html").read_text()
     assert "<table" in html and '<img src="crops.png"' in html
     # checkpoint retention: the keep_best best by val_psnr, and the latest

@@ -102,7 +102,7 @@ def _score(sr: torch.Tensor, pair: Pair, scale: int) -> tuple[float, float, np.n
         raise ValueError(
             f"{pair.name}: output is {shape}, HR is {pair.hr.shape} (wrong scale for this model?)"
         )
-    hr = torch.from_numpy(pair.hr).to(sr.device).permute(2, 0, 1)
+    hr = torch.tensor(pair.hr, device=sr.device).permute(2, 0, 1)  # a copy: Ray hands read-only arrays
     return (*psnr_ssim(sr, hr, crop_border=scale), sr.permute(1, 2, 0).cpu().contiguous().numpy())
 
 

@@ -39,6 +39,7 @@ from dukd_ray.train.preemption import PreemptionWatch
 from dukd_ray.train.progress import ProgressLine, StepMeter, TensorBoard
 from dukd_ray.train.resources import use_cpus
 from dukd_ray.train.state import TrainState
+from dukd_ray.train.throughput import step_cost
 from dukd_ray.train.validate import evaluate_distributed, flatten
 from dukd_ray.train.valsets import load_val_sets
 
@@ -115,8 +116,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     evaluate = InferenceOptions(self_ensemble=t.val_self_ensemble, tile=t.val_tile)
 
     tensorboard = TensorBoard(run_url, state.step, opts) if rank == 0 else None
-    progress = ProgressLine(state.step, t.max_steps, t.log_every)
-    meter = StepMeter()
+    cost = step_cost(cfg.distill, teacher, student, cfg.data.patch_size, cfg.model.scale, device, amp_dtype)
+    progress = ProgressLine(state.step, t.max_steps, t.log_every, rank, tensorboard)
+    meter = StepMeter(cost, device)
     preemption = PreemptionWatch(t.max_steps)
     batches = iter(state.stream)
     for step in range(state.step + 1, t.max_steps + 1):
@@ -132,8 +134,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         meter.add(losses, data_s=fetched - began, step_s=time.perf_counter() - began)
         if fault:
             fault.maybe_fail(rank, step, run_url, opts)
-        if rank == 0:
-            progress.update(step, losses["loss"], cfg.data.batch_size * world)
+        progress.update(step, meter, cfg.data.batch_size * world, state.scheduler.get_last_lr()[0])
 
         if _due(step, t.val_every, t.max_steps):
             metrics = _validation_metrics(cfg, state, meter, teacher, sets, evaluate, rank)

@@ -18,6 +18,7 @@ from dukd_ray.eval.cost import measure_cost
 from dukd_ray.models import StudentInit, save_weights
 from dukd_ray.storage import join, write_bytes_atomic
 from dukd_ray.train.config import JobConfig
+from dukd_ray.train.progress import throughput_text
 from dukd_ray.train.report import (
     cost_rows,
     crops_png,
@@ -70,6 +71,8 @@ def write_outputs(
             f"exports: {export}.pth (params + params_ema), {export}.safetensors (EMA weights)",
             f"resumed from step(s): {', '.join(map(str, resumes)) or 'never'}",
             workers_line(history, resumes),
+            f"throughput over the last report's steps: {throughput_text(final)}; "
+            f"torch threads: {final.get('torch_threads', 1)} per worker",
         ],
         sets=names,
         results=results_rows(final, names, labels),
