@@ -82,10 +82,10 @@ def test_csv_and_markdown_hold_every_trial():
     assert parsed[3]["early_stopped"] == "True"
     md = to_markdown(rows).splitlines()
     assert md[0].startswith(
-        "| rank | trial_id | best_val_psnr | best_step | steps_run | early_stopped | status |"
+        "| rank | trial_id | best_val_psnr | best_step | steps_run | early_stopped | status | restarts |"
     )
     assert len(md) == 2 + len(RECORDS) and md[2].startswith(
-        "| 1 | t_c | 26.0 | 30 | 30 | False | terminated |"
+        "| 1 | t_c | 26.0 | 30 | 30 | False | terminated | 0 |"
     )
 
 

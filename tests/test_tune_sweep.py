@@ -2,7 +2,9 @@
 
 Each trial is the `--tiny` EDSR x4 job for 6 steps, validating every 2 (in the resume test only once, at
 the last step: a sweep shorter than one validation interval), with a tiny (untrained) teacher made here.
-Trials run one at a time (`--max-concurrent 1`) so the order ASHA sees them in is fixed.
+Trials run one at a time (`--max-concurrent 1`) so the order ASHA sees them in is fixed. The ASHA sweep
+also checks what a trial's driver reserves (one `dukd_driver` slot, which the local Ray advertises as a
+cluster's head node does) and that Tune restarts a trial whose driver process is killed.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def test_asha_sweep_on_s3_survives_a_killed_driver_and_best_config_round_trips(
     by_lr = {float(r["train.lr"]): r for r in rows}
     learner = by_lr[2e-3]
     assert fault.restarted == [learner["trial_id"]] == [fault.killed]
+    assert [int(r["restarts"]) for r in rows] == [1, 0, 0]  # the table says so (rows ranked: learner first)
     assert len(fault.requests) == 4  # three trials and the learner's restart
     assert learner["rank"] == "1" and learner["early_stopped"] == "False"
     assert int(learner["steps_run"]) == MAX_STEPS

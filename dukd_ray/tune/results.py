@@ -31,6 +31,7 @@ class TrialRecord:
     params: dict[str, Any]  # "section.field" -> config value
     history: list[tuple[int, float]]
     status: str = "terminated"  # terminated (finished or stopped by the scheduler) | error | unfinished
+    restarts: int = 0  # times Tune restarted it after a failure (a lost driver, a Train run out of retries)
 
     @property
     def steps_run(self) -> int:
@@ -67,6 +68,7 @@ def table_rows(
                 "steps_run": r.steps_run,
                 "early_stopped": early_stopping and r.status == "terminated" and r.steps_run < max_steps,
                 "status": r.status,
+                "restarts": r.restarts,
                 **{k: _show(r.params.get(k)) for k in keys},
             }
         )

@@ -339,7 +339,7 @@ def _tune_config(
     base: JobConfig,
     space: SearchSpace,
     points: list[dict[str, Any]],
-    cluster: dict[str, float],
+    cluster: Mapping[str, float],
 ) -> Any:
     from ray import tune
 
@@ -575,7 +575,9 @@ def _record(trial: Any, space: SearchSpace, analysis: Any) -> results.TrialRecor
     from ray.tune.experiment import Trial
 
     status = {Trial.TERMINATED: "terminated", Trial.ERROR: "error"}.get(trial.status, "unfinished")
-    return results.TrialRecord(trial.trial_id, space.decode(trial.config), _history(trial, analysis), status)
+    return results.TrialRecord(
+        trial.trial_id, space.decode(trial.config), _history(trial, analysis), status, trial.num_failures
+    )
 
 
 def _history(trial: Any, analysis: Any) -> list[tuple[int, float]]:
