@@ -17,12 +17,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from dukd_ray.data.sources import PairedFolders
 from dukd_ray.models.blocks import SUPPORTED_SCALES
 from dukd_ray.models.presets import PRESET_NAMES, preset_kwargs
-from dukd_ray.models.registry import arch_defaults, build_arch
+from dukd_ray.models.registry import arch_defaults
 from dukd_ray.storage import exists, redact_url
 from dukd_ray.train.config import ConfigError
 
@@ -305,7 +303,8 @@ class _Reader:
         self.set("train.seed", self.number("manual_seed", integer=True))
 
     def _network(self, key: str, role: str, required: bool) -> str | None:
-        """`type` + kwargs -> arch, the closest preset and the kwargs that differ from it."""
+        """`type` + kwargs -> arch, the closest preset and the kwargs that differ from it. The names are
+        checked here; the values when the preflight builds the nets (`build_arch`, naming the config key)."""
         spec = dict(self.section(key))
         self.seen.add(key)
         if not spec:
@@ -325,12 +324,6 @@ class _Reader:
         for bad in sorted(set(spec) - set(defaults)):
             self.problem(f"{key}.{bad}", f"not an argument of {arch} (valid: {', '.join(defaults)})")
             spec.pop(bad)
-        try:
-            with torch.device("meta"):
-                build_arch(arch, self.scale, **spec)
-        except (ValueError, TypeError, AssertionError) as e:
-            self.problem(key, f"{arch} cannot be built from it: {e}")
-            return arch
         preset, kwargs = _closest_preset(arch, spec, role)
         self.set(f"model.{role}_preset", preset)
         self.set(f"model.{role}_kwargs", kwargs)
