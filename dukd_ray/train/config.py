@@ -104,6 +104,10 @@ class RunSpec:
     max_failures: int = 3  # worker failures survived (restart from the last checkpoint); -1 = always
     max_preemptions: int = -1  # node preemptions survived, counted apart from max_failures; -1 = always
     resize_check_s: float = 60.0  # how often an elastic run looks for room to grow
+    # after a drain's deadline the restart waits this long, so that Ray sizes the new group without the
+    # reclaimed node (found dead by its health checks in ~15 s, seen by its sizing within 20 s more);
+    # too short, and the restart first waits out Ray's 60 s start timeout for the node that is gone
+    preemption_grace_s: float = 40.0
     export_name: str = "student"  # <run>/<export_name>.pth and .safetensors
 
     def url(self) -> str:
@@ -298,6 +302,8 @@ class JobConfig:
         _check(r.max_failures >= -1, "run.max_failures", r.max_failures, "an integer >= -1")
         _check(r.max_preemptions >= -1, "run.max_preemptions", r.max_preemptions, "an integer >= -1")
         _check(r.resize_check_s > 0, "run.resize_check_s", r.resize_check_s, "a number of seconds > 0")
+        grace = r.preemption_grace_s
+        _check(grace >= 0, "run.preemption_grace_s", grace, "a number of seconds >= 0")
         c = r.cpus_per_worker
         _check(
             c is None or c >= 1, "run.cpus_per_worker", c, "null (sized from the cluster) or an integer >= 1"

@@ -1,5 +1,8 @@
 """Test-only fault injection: make one worker die once, mid-run, to exercise Ray's recovery.
 
+`Hold` instead stops a worker group of a given size in mid-run until Ray replaces it (the elastic
+test's way of keeping a shrunk run going until the node it grows onto is back).
+
 `build_trainer(cfg, fault=Fault(rank=1, step=3))` (or `run_training(cfg, fault=...)`) makes rank 1
 exit hard right after training step 3. It is an argument, never read from the environment, so no
 production run can carry one by accident. A marker object in the run folder records that it
@@ -11,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray.train
@@ -50,3 +54,28 @@ class Fault:
         log.warning("fault injection: rank %d exits at step %d", rank, step)
         logging.shutdown()
         os._exit(1)
+
+
+@dataclass
+class Hold:
+    """A group of `world_size` workers stops after training `steps` steps, until Ray replaces it.
+
+    At most `max_s` seconds; then it trains on. The group's first step is counted in each process.
+    """
+
+    world_size: int
+    steps: int
+    max_s: float = 300.0
+    _first_step: int | None = field(default=None, init=False, repr=False)
+
+    def maybe_fail(self, rank: int, step: int, run_url: str, storage_options: dict[str, Any] | None) -> None:
+        if ray.train.get_context().get_world_size() != self.world_size:
+            return
+        if self._first_step is None:
+            self._first_step = step
+        if step - self._first_step + 1 == self.steps:
+            log.warning("fault injection: the group of %d holds at step %d", self.world_size, step)
+            time.sleep(self.max_s)
+
+
+Injection = Fault | Hold

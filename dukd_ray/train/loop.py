@@ -33,7 +33,7 @@ from dukd_ray.models import StudentInit, build_arch, load_pretrained, load_stude
 from dukd_ray.train.acceleration import autocast_dtype, compiled
 from dukd_ray.train.checkpoint import checkpoint_dir_name, read_checkpoint, resume_folder, write_checkpoint
 from dukd_ray.train.config import JobConfig
-from dukd_ray.train.faults import Fault
+from dukd_ray.train.faults import Injection
 from dukd_ray.train.outputs import write_outputs
 from dukd_ray.train.preemption import PreemptionWatch
 from dukd_ray.train.progress import ProgressLine, StepMeter, TensorBoard
@@ -53,12 +53,12 @@ class DataError(ValueError):
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train one DUKD (or kd/scratch) student; `config = {"job": JobConfig.to_dict(), "fault": Fault}`.
+    """Train one DUKD (or kd/scratch) student; `config = {"job": JobConfig.to_dict(), "fault": Injection}`.
 
     `fault` is None outside the fault-tolerance tests (see `build_trainer`).
     """
     cfg = JobConfig.from_dict(config["job"])
-    fault: Fault | None = config["fault"]
+    fault: Injection | None = config["fault"]
     t, opts = cfg.train, cfg.data.storage_options or None
     run_url = cfg.run.url()
     ctx = ray.train.get_context()

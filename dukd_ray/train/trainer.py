@@ -19,7 +19,7 @@ from ray.train.torch import TorchTrainer
 from dukd_ray.storage import get_fs, is_local, join, redact_url
 from dukd_ray.train.checkpoint import HISTORY
 from dukd_ray.train.config import JobConfig, RunSpec
-from dukd_ray.train.faults import Fault
+from dukd_ray.train.faults import Injection
 from dukd_ray.train.loop import DataError, train_loop_per_worker
 from dukd_ray.train.preflight import InputError, check_inputs, resolve
 from dukd_ray.train.resources import size_cpu_workers, worker_resources
@@ -71,7 +71,7 @@ def build_trainer(
     callbacks: Sequence[ray.train.UserCallback] = (),
     *,
     check: bool = True,
-    fault: Fault | None = None,
+    fault: Injection | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for `cfg`; `callbacks` go into RunConfig (Tune passes TuneReportCallback there).
 
@@ -98,7 +98,9 @@ def build_trainer(
             storage_filesystem=storage_filesystem,
             # a preempted node (drained, or dead with Ray's preemption cause) is retried on its own budget
             failure_config=ray.train.FailureConfig(
-                max_failures=cfg.run.max_failures, max_preemption_failures=cfg.run.max_preemptions
+                max_failures=cfg.run.max_failures,
+                max_preemption_failures=cfg.run.max_preemptions,
+                preemption_grace_s=cfg.run.preemption_grace_s,
             ),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_best,  # Ray keeps the latest on top of these
@@ -110,7 +112,7 @@ def build_trainer(
     )
 
 
-def run_training(cfg: JobConfig, *, fault: Fault | None = None) -> TrainResult:
+def run_training(cfg: JobConfig, *, fault: Injection | None = None) -> TrainResult:
     """Check, train (resuming `<storage>/<name>` if it has checkpoints), and return where the outputs are.
 
     `fault`: see `build_trainer`. A bad training record met by a worker is an InputError naming
