@@ -1,5 +1,6 @@
 """End to end, as a user runs it: a Ray cluster (`ray start --head`), data and storage on S3 (moto),
-`ray job submit -- python jobs/train_teacher.py ...` then `ray job submit -- python jobs/edsr_x4.py ...`.
+`ray job submit -- python jobs/train_teacher.py ...`, `ray job submit -- python jobs/edsr_x4.py ...`, then
+`ray job submit -- python jobs/train.py --config <a DUKD option file> --path-map ...`.
 
 The S3 endpoint reaches the jobs through `runtime_env` env vars, the (fake) credentials through the
 cluster's environment, as instance credentials would on a real cluster.
@@ -122,3 +123,16 @@ def test_cluster_job_trains_teacher_then_distils_student_on_s3(ray_head, s3_buck
     assert "| teacher (tiny_teacher) |" in report and "| student (tiny_student, dukd, EMA) |" in report
     student = build_arch("edsr", 4, preset="tiny_student")
     assert load_pretrained(student, f"{bucket}/runs/student/student.pth", storage_options=opts).complete
+
+    # the DUKD reference's option file as written: its /cache/SR paths mapped onto the bucket, read as
+    # separate HR and LR folders (train) and named sets (val; its Set5 is the sample set, the longest
+    # prefix wins), the teacher and the x2 init replaced by a flag and --set
+    maps = [f"/cache/SR/DIV2K={bucket}/data/train", f"/cache/SR/benchmark={bucket}/data/benchmark"]
+    maps.append(f"/cache/SR/benchmark/Set5={bucket}/data/benchmark/Sample")
+    out = _submit(address, env, opts["endpoint_url"], "jobs/train.py",
+                  "--config", "tests/options/dukd_edsr_x4c256b32_c64b32.yml",
+                  *(a for m in maps for a in ("--path-map", m)), "--teacher", teacher,
+                  "--set", "model.student_init=", *common[:-4], "--name", "from-options")  # fmt: skip
+    assert "[dukd] done: 4 steps" in out and "ignored: datasets.train.dataset_enlarge_ratio" in out
+    report = fs.cat_file(f"{root}/runs/from-options/report.md").decode()
+    assert "Set5" in report and "Sample" in report

@@ -8,6 +8,7 @@ folders with `--path-map` through the driver's preflight. The real training run 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from dukd_ray.train import cli as job_cli
 from dukd_ray.train import preflight
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.options import check_paths
+from dukd_ray.train.valsets import load_val_sets
 
 OPTIONS = Path(__file__).parent / "options"
 DUKD_X4 = str(OPTIONS / "dukd_edsr_x4c256b32_c64b32.yml")
@@ -318,3 +320,26 @@ def test_paired_folders_name_what_is_missing(tmp_path) -> None:
     (tmp_path / "LR" / "0001.png").write_bytes(b"x")
     with pytest.raises(PairError, match="has no LR image 0001x4.png"):
         list_paired_pairs(PairedFolders(str(tmp_path / "HR"), str(tmp_path / "LR"), "{}x4"))
+
+
+def test_our_own_config_runs_through_jobs_train_from_its_presets_recipe(capsys, tmp_path) -> None:
+    """`--print-config` of a preset job, fed to jobs/train.py, prints the same; a partial file of ours
+    starts from the preset of its arch and scale and the recipe of its method."""
+    job = print_config(capsys, lambda a: job_cli.main("rcan_x3", a), "--method", "fakd", "--print-config")
+    (tmp_path / "full.json").write_text(json.dumps(job))
+    assert (
+        print_config(capsys, job_cli.main_config, "--config", str(tmp_path / "full.json"), "--print-config")
+        == job
+    )
+    (tmp_path / "partial.yaml").write_text("model.arch: rcan\nmodel: {scale: 3}\ndistill: {method: fakd}\n")
+    partial = imported("--config", str(tmp_path / "partial.yaml"))
+    assert partial.to_dict() == JobConfig.from_dict(job).to_dict()
+
+
+def test_one_pair_of_folders_is_a_validation_set_named_after_its_parent(sample_data) -> None:
+    bench = f"{sample_data.benchmark_url}/Sample"
+    cfg = imported("--config", DUKD_X4, "--val-data", f"gt={bench}/HR,lq={bench}/LR_bicubic/X4,tmpl={{}}x4")
+    resolved = preflight.resolve(cfg)
+    assert resolved.data.val_sets == ["Sample"]
+    sets = load_val_sets(resolved.data.val, resolved.data.val_sets, 4)
+    assert sorted(p.name for p in sets["Sample"]) == sorted(n[:-4] for n in os.listdir(f"{bench}/HR"))
