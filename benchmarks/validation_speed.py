@@ -53,6 +53,8 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, objec
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_arch("edsr", SCALE, preset=args.preset).to(device).eval()
@@ -119,8 +121,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     result = run(args)
     if args.json:
         print(json.dumps(result))
