@@ -221,8 +221,10 @@ class _Reader:
         self.ignored.append(f"{dotted}: {why}")
 
     def number(self, dotted: str, default: Any = None, integer: bool = False) -> Any:
-        """A number (YAML 1.1 reads `5e3` as text: accepted), or a problem."""
-        value = self.get(dotted, default)
+        """The number at `dotted` (YAML 1.1 reads `5e3` as text: accepted), or a problem."""
+        return self.as_number(dotted, self.get(dotted, default), integer)
+
+    def as_number(self, dotted: str, value: Any, integer: bool = False) -> Any:
         if value is None:
             return None
         try:
@@ -428,16 +430,16 @@ class _Reader:
         self.set("train.weight_decay", self.number(f"{t}.optim_g.weight_decay", 0.0))
         betas = self.get(f"{t}.optim_g.betas", [0.9, 0.999])  # torch's default, as BasicSR passes it on
         self.set("train.betas", list(betas) if isinstance(betas, (list, tuple)) else betas)
-        self.expect(f"{t}.optim_g.eps", (1e-8,), "Adam's eps is 1e-8", 1e-8)
+        if self.number(f"{t}.optim_g.eps", 1e-8) != 1e-8:
+            self.problem(f"{t}.optim_g.eps", "Adam's eps is 1e-8")
         self.expect(f"{t}.optim_g.amsgrad", (False,), "plain Adam", False)
         scheduler = self.expect(
             f"{t}.scheduler.type", SCHEDULERS, "MultiStepLR, or MultiStepRestartLR without restarts"
         )
         milestones = self.get(f"{t}.scheduler.milestones", [])
-        self.set(
-            "train.milestones",
-            [int(float(m)) for m in milestones] if isinstance(milestones, list) else milestones,
-        )
+        if isinstance(milestones, list):  # BasicSR files write `!!float 1e5` or `100000`
+            milestones = [self.as_number(f"{t}.scheduler.milestones", m, integer=True) for m in milestones]
+        self.set("train.milestones", milestones)
         self.set("train.gamma", self.number(f"{t}.scheduler.gamma", 0.1))
         if scheduler == "MultiStepRestartLR":
             self.expect(f"{t}.scheduler.restarts", ([0], [], (0,)), "restarts are not reproduced", [0])
