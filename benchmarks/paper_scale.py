@@ -209,7 +209,7 @@ def time_step(
         train_step(student, teacher, optimizer, warm, cfg, gen, amp, fmt)
     batch = make_batch(batch_size, patch, device)
     runs, losses = [], []
-    for _ in range(a.steps):
+    for _ in range(max(1, a.steps)):
         clock = StepClock(teacher, student, optimizer, device)
         with peak_memory(device) as peak:
             sync(device)
@@ -286,10 +286,12 @@ def time_validation(
                 if a.val_warmup:
                     evaluate_pair(model, pair, SCALE, options)  # kernels are chosen per shape
                 sync(device)
-                start = time.perf_counter()
+                start = now_both()
                 evaluate_pair(model, pair, SCALE, options)
                 sync(device)
-                out.setdefault(role, {})[f"{name}_{mode}_s"] = time.perf_counter() - start
+                end = now_both()
+                out.setdefault(role, {})[f"{name}_{mode}_s"] = end[0] - start[0]
+                out[role][f"{name}_{mode}_cpu_s"] = end[1] - start[1]
     return out
 
 
@@ -327,7 +329,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         result["loader"] = loader_supply(a.data_images, a.tiny)
         save(a.out, result)
     for arch in a.archs:
-        step = time_step(arch, a.batch, a.patch, a, device)
+        step = time_step(arch, a.batch, a.patch, a, device) if a.steps else {}  # --steps 0: the rest only
         macs = macs_per_step(arch, a.tiny, a.batch, a.patch)
         flop_per_patch = 2 * macs["total"] / a.batch
         row: dict[str, Any] = {
@@ -335,7 +337,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             "macs_per_step": macs,
             "gpu_patches_per_s": gpu_demand(flop_per_patch),
         }
-        row["cpu_achieved_gflops"] = round(2 * macs["total"] / step["step_s"] / 1e9, 1)
+        if step:
+            row["cpu_achieved_gflops"] = round(2 * macs["total"] / step["step_s"] / 1e9, 1)
         if "loader" in result:
             supply = result["loader"]["patches_per_s_per_process"]
             row["data_s"] = a.batch / supply
@@ -350,6 +353,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 save(a.out, result | {"partial": {arch: row}})
                 row["growth"][size] = {
                     "step_s": timed["step_s"],
+                    "cpu_s": timed["cpu_s"],
                     "macs": macs_per_step(arch, a.tiny, b, p)["total"],
                     "peak_memory_bytes": timed.get("bytes"),
                 }
@@ -357,7 +361,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         if arch in a.val:
             row["validation"] = time_validation(arch, a, device, set(a.val_teacher_sizes))
         result["archs"][arch] = row
-        print(f"# {arch} done: step {step['step_s']:.2f} s", file=sys.stderr, flush=True)
+        print(f"# {arch} done", file=sys.stderr, flush=True)
         save(a.out, result)
     return result
 
@@ -377,7 +381,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile teacher and student")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=48, help="LR patch side")
-    p.add_argument("--steps", type=int, default=1, help="timed steps (the median is reported)")
+    p.add_argument("--steps", type=int, default=1, help="timed steps (median reported; 0: no step timing)")
     p.add_argument("--warmup-steps", type=int, default=1)
     p.add_argument("--warmup-batch", type=int, default=2, help="batch of the warm-up step(s)")
     p.add_argument("--growth", type=csv, default=["edsr"], help="archs whose step is timed at --growth-sizes")
