@@ -1,4 +1,4 @@
-"""The training stream: shards packed to a real S3 API (moto) read back by 2 ranks x 2 loader workers."""
+"""The training stream: shards packed to a real S3 API (moto), read by 1-3 ranks x 0-2 loader workers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from dukd_ray.data import build_train_stream
 from dukd_ray.data.pack import pack
-from dukd_ray.data.plan import StreamPlan
+from dukd_ray.data.plan import StreamPlan, lane_shares
 from dukd_ray.data.sources import ShardSource
 from dukd_ray.data.stream import random_patch
 from dukd_ray.image.resize import imresize
@@ -74,7 +74,7 @@ def test_every_epoch_covers_every_crop_with_equal_batches_per_rank(packed, batch
     assert per_epoch == streams[1].batches_per_epoch == -(-n // (2 * batch_size))
     batches = [take(s, 2 * per_epoch) for s in streams]
     for s in streams:
-        assert s.state_dict()["epoch"] == 2 and s.state_dict()["batch"] == 0
+        assert s.state_dict()["step"] == 2 * per_epoch
     padding = 2 * per_epoch * batch_size - n
     for epoch in range(2):
         chunk = slice(epoch * per_epoch, (epoch + 1) * per_epoch)
@@ -88,6 +88,73 @@ def test_every_epoch_covers_every_crop_with_equal_batches_per_rank(packed, batch
         torch.cat([b["index"] for b in batches[0][c]]) for c in (slice(0, per_epoch), slice(per_epoch, None))
     )
     assert not torch.equal(first, second)  # each epoch is reshuffled
+
+
+def global_batches(prefix, opts, world_size, loader_workers, steps, start=0, global_batch=5, state=None):
+    """The first `steps` global batches from step `start` (or `state`): every rank's rows concatenated."""
+    streams = [
+        build_train_stream(
+            prefix,
+            SCALE,
+            PATCH,
+            1,
+            rank=r,
+            world_size=world_size,
+            num_workers=loader_workers,
+            storage_options=opts,
+            global_batch=global_batch,
+            shuffle_buffer=16,
+        )
+        for r in range(world_size)
+    ]
+    for s in streams:
+        s.load_state_dict(state) if state else s.seek(start)
+    per_rank = [take(s, steps) for s in streams]
+    out = [
+        {k: torch.cat([rank[i][k] for rank in per_rank]) for k in ("lr", "hr", "index")} for i in range(steps)
+    ]
+    return out, streams[0].state_dict()
+
+
+def test_global_batches_do_not_depend_on_world_size_or_loader_workers(packed):
+    """Global batch 5: 1 rank reading alone, or 2 ranks (3 + 2 rows) x 2 loader workers (2 + 1, 1 + 1
+    lanes), across an epoch boundary."""
+    prefix, opts, n = packed
+    assert -(-n // 5) < 10  # steps per epoch
+    alone, _ = global_batches(prefix, opts, 1, 0, 10)
+    shared, state = global_batches(prefix, opts, 2, 2, 10)
+    assert alone[0]["lr"].shape == (5, 3, PATCH, PATCH)
+    for want, got in zip(alone, shared, strict=True):
+        assert torch.equal(want["index"], got["index"])
+        assert torch.equal(want["lr"], got["lr"]) and torch.equal(want["hr"], got["hr"])
+    # the 2-rank position resumes on 3 ranks (2 + 2 + 1 rows) with the same next batches
+    later, _ = global_batches(prefix, opts, 1, 0, 3, start=10)
+    resumed, _ = global_batches(prefix, opts, 3, 1, 3, state=state)
+    for want, got in zip(later, resumed, strict=True):
+        assert torch.equal(want["index"], got["index"]) and torch.equal(want["lr"], got["lr"])
+
+
+@pytest.mark.parametrize("epoch_steps", [1, 2])  # short epochs: the next one is read before this one ends
+def test_the_stream_yields_the_plans_global_batches_epoch_after_epoch(packed, epoch_steps):
+    prefix, opts, n = packed
+    global_batch = -(-n // epoch_steps)
+    stream = build_train_stream(
+        prefix,
+        SCALE,
+        PATCH,
+        global_batch,
+        num_workers=0,
+        storage_options=opts,
+        shuffle_buffer=4 * global_batch,
+    )
+    plan = stream.plan
+    assert plan.steps_per_epoch == epoch_steps
+    for step, batch in enumerate(take(stream, 4 * epoch_steps)):
+        epoch, k = divmod(step, epoch_steps)
+        order = plan.epoch_order(epoch)
+        lanes = range(global_batch)
+        want = [order[plan.lane_start(lane) + plan.emission_order(epoch, lane)[k], 2] for lane in lanes]
+        assert batch["index"].tolist() == want, step
 
 
 def test_patches_are_aligned_floats_cut_from_the_indexed_crops(packed):
@@ -140,7 +207,7 @@ def test_state_from_another_layout_is_refused(packed):
     prefix, opts, _ = packed
     state = rank_streams(prefix, opts, 4)[0].state_dict()
     other = rank_streams(prefix, opts, 8)[0]
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="global_batch"):
         other.load_state_dict(state)
 
 
@@ -155,20 +222,38 @@ def test_png_folder_source_streams_the_basicsr_way(sample_data):
     assert err < 1.5 / 255
 
 
-def test_plan_partitions_each_padded_epoch_among_readers():
-    plan = StreamPlan(
-        counts=(5, 1, 7, 2), batch_size=2, world_size=2, num_readers=3, seed=1, shuffle_buffer=3
-    )
-    assert plan.batches_per_epoch == 4  # 15 records -> 16 slots: one record is repeated as padding
+def test_plan_cuts_each_padded_epoch_into_lanes_one_sample_each_per_step():
+    plan = StreamPlan(counts=(5, 1, 7, 2), global_batch=4, seed=1, shuffle_buffer=8)
+    assert plan.steps_per_epoch == 4 and plan.lane_buffer == 2  # 15 records -> 16 slots: one repeated
+    epochs = []
     for epoch in range(3):
         order = plan.epoch_order(epoch)
         assert len(order) == 16 and set(order[:, 2].tolist()) == set(range(15))
-        slices = [plan.reader_slice(epoch, r, w) for r in range(2) for w in range(3)]
-        assert [s for s, _ in slices] == [0] + [e for _, e in slices[:-1]]  # contiguous, in order
-        assert slices[-1][1] == 16
-        assert sum(plan.reader_batches(epoch, w) for w in range(3)) == plan.batches_per_epoch
-        emitted = plan.emission_order(11, epoch, 0, 0)
-        assert sorted(emitted.tolist()) == list(range(11))
+        runs = [order[order[:, 0] == u, 1] for u in range(4)]
+        assert all(np.array_equal(r[: len(set(r))], np.sort(r[: len(set(r))])) for r in runs)  # sequential
+        batches = [
+            [order[plan.lane_start(lane) + plan.emission_order(epoch, lane)[k], 2] for lane in range(4)]
+            for k in range(plan.steps_per_epoch)
+        ]
+        ids = [i for b in batches for i in b]
+        assert sorted(ids) == sorted(order[:, 2].tolist())  # every slot exactly once
+        for lane in range(4):
+            assert sorted(plan.emission_order(epoch, lane).tolist()) == list(range(4))
+        epochs.append(ids)
+    assert epochs[0] != epochs[1] != epochs[2]
+
+
+@pytest.mark.parametrize(("global_batch", "world_size"), [(3, 2), (8, 3), (4, 4), (16, 1)])
+def test_lane_shares_are_contiguous_and_differ_by_at_most_one(global_batch, world_size):
+    shares = lane_shares(global_batch, world_size)
+    assert [s.start for s in shares] == [0] + [s.stop for s in shares[:-1]]
+    assert shares[-1].stop == global_batch
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1 and min(map(len, shares)) >= 1
+
+
+def test_a_global_batch_smaller_than_the_world_is_refused():
+    with pytest.raises(ValueError, match="global batch of 2 cannot be shared by 3 workers"):
+        lane_shares(2, 3)
 
 
 def test_random_patch_keeps_lr_and_hr_aligned_under_every_augmentation():

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import random
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import ray.train
 import s3fs
@@ -30,27 +28,23 @@ from dukd_ray.train.checkpoint import (
     read_checkpoint,
     replica_digest,
     resume_folder,
+    run_global_batch,
     write_checkpoint,
 )
-from dukd_ray.train.rng import capture_rng, restore_rng
+from dukd_ray.train.rng import seed_step, step_seed
 from dukd_ray.train.state import TrainState
 
 
-def _draws(generator: torch.Generator) -> list[float]:
-    return [
-        random.random(),
-        float(np.random.rand()),
-        float(torch.rand(1)),
-        float(torch.rand(1, generator=generator)),
-    ]
-
-
-def test_rng_states_round_trip_exactly():
-    generator = torch.Generator().manual_seed(3)
-    state = capture_rng(generator)
-    first = _draws(generator)
-    restore_rng(state, generator)
-    assert _draws(generator) == first
+def test_step_draws_are_functions_of_seed_and_step_only():
+    """What replaces saved RNG states: every step reseeds torch and makes its distill generator."""
+    first = seed_step(10, 5)
+    draws = (float(torch.rand(1)), float(torch.rand(1, generator=first)))
+    torch.rand(100)  # whatever ran in between
+    again = seed_step(10, 5)
+    assert (float(torch.rand(1)), float(torch.rand(1, generator=again))) == draws
+    assert draws[0] != draws[1]  # the two streams of a step differ
+    seeds = {step_seed(s, k, 0) for s in (10, 11) for k in range(50)}
+    assert len(seeds) == 100 and all(0 <= x < 2**63 for x in seeds)
 
 
 @pytest.fixture
@@ -68,7 +62,6 @@ def _state(train_url: str, seed: int) -> TrainState:
         ema=EMA(student, 0.9),
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, [10], 0.1),
-        generator=torch.Generator().manual_seed(seed),
         stream=build_train_stream(train_url, 4, patch_size=16, batch_size=1, num_workers=0),
     )
 
@@ -80,8 +73,7 @@ def _trained(train_url: str, step: int, history: list[dict], resumes: Iterable[i
     state.optimizer.step()
     state.scheduler.step()
     state.ema.update(state.student)
-    epoch, batch = divmod(step, state.stream.batches_per_epoch)
-    state.stream.load_state_dict({**state.stream.state_dict(), "epoch": epoch, "batch": batch})
+    state.stream.seek(step)
     state.step, state.history, state.resumes = step, history, list(resumes)
     return state
 
@@ -108,36 +100,32 @@ def _assert_same(ours: Any, ref: Any, where: str = "state") -> None:
 
 
 def test_train_state_round_trip_restores_every_entry(train_url):
-    """Student, EMA, optimizer, scheduler, generator (and the global RNGs), stream, step, history, resumes."""
+    """Student, EMA, optimizer, scheduler, stream position, step, history, resumes."""
     source = _trained(train_url, 7, [{"step": 5, "val_psnr": 20.5}], resumes=[3])
     saved = copy.deepcopy(source.state_dict())
-    draws = _draws(source.generator)  # what the next step would draw
     source.student(torch.rand(1, 3, 8, 8)).mean().backward()  # move on, so nothing is left equal by chance
     source.optimizer.step()
     source.scheduler.step()
 
     target = _state(train_url, seed=99)
     target.load_state_dict(saved)
-    _assert_same(target.state_dict(), saved)  # the rng entry is captured anew: restored exactly too
-    assert _draws(target.generator) == draws
-    assert target.stream.state_dict()["batch"] == 7 and target.scheduler.last_epoch == 1
+    _assert_same(target.state_dict(), saved)
+    assert target.stream.state_dict()["step"] == 7 and target.scheduler.last_epoch == 1
     assert target.optimizer.state_dict()["state"][0]["step"] == 1
     assert (target.step, target.history, target.resumes) == (7, [{"step": 5, "val_psnr": 20.5}], [3])
     target.history.append({"step": 9})
     assert saved["history"] == [{"step": 5, "val_psnr": 20.5}]  # no list is shared with the snapshot
+    with pytest.raises(ValueError, match="data position 7 is not step 8"):
+        target.load_state_dict({**saved, "step": 8})
 
 
-def test_train_state_without_per_rank_entries_keeps_its_own(train_url):
-    """Another world size: weights and schedule from the checkpoint, RNGs and data position afresh."""
+def test_train_state_without_data_continues_the_stream_at_its_step(train_url):
+    """An older checkpoint's state (no global data position): the stream goes on at the state's step."""
     saved = _trained(train_url, 5, []).state_dict()
     target = _state(train_url, seed=1)
-    generator_state = target.generator.get_state()
-    target.load_state_dict({k: v for k, v in saved.items() if k not in ("rng", "data")})
-    assert target.step == 5 and target.stream.state_dict()["batch"] == 0
-    assert torch.equal(target.generator.get_state(), generator_state)
+    target.load_state_dict({k: v for k, v in saved.items() if k != "data"})
+    assert target.step == 5 and target.stream.state_dict()["step"] == 5
     _assert_same(target.student.state_dict(), saved["student"])
-    with pytest.raises(ValueError, match="go together"):
-        target.load_state_dict({k: v for k, v in saved.items() if k != "rng"})
 
 
 def test_train_state_is_validated(train_url):
@@ -159,33 +147,66 @@ def test_checkpoint_round_trip(tmp_path, train_url):
     folder = tmp_path / checkpoint_dir_name(7)
     written = _trained(train_url, 7, [{"step": 7, "val_psnr": 20.5}])
     _write(folder, written)
-    assert {p.name for p in folder.iterdir()} == {"train_state.pt", "rank_0.pt", "history.json", "meta.json"}
-    # the layout old checkpoints have, entry for entry (they must still resume)
+    assert {p.name for p in folder.iterdir()} == {"train_state.pt", "history.json", "meta.json"}
     train_state = torch.load(folder / "train_state.pt", weights_only=True)
-    rank_state = torch.load(folder / "rank_0.pt", weights_only=True)
     meta = json.loads((folder / "meta.json").read_text())
-    assert list(train_state) == ["step", "student", "ema", "optimizer", "scheduler"]
-    assert list(rank_state) == ["step", "rng", "data", "replica_digest"]
-    assert list(meta) == ["step", "world_size", "arch_spec", "resumes", "files"]
+    assert list(train_state) == ["step", "student", "ema", "optimizer", "scheduler", "data"]
+    assert list(meta) == [
+        "format",
+        "step",
+        "world_size",
+        "global_batch_size",
+        "arch_spec",
+        "resumes",
+        "files",
+    ]
+    assert (meta["format"], meta["global_batch_size"]) == (2, 1)
     assert meta["files"] == {p.name: p.stat().st_size for p in folder.iterdir() if p.name != "meta.json"}
 
-    restored = _read(str(folder), train_url)
-    assert (restored.step, restored.history, restored.resumes) == (7, [{"step": 7, "val_psnr": 20.5}], [7])
-    assert all(
-        torch.equal(restored.student.state_dict()[k], v) for k, v in written.student.state_dict().items()
+    for world_size in (1, 2):  # nothing per rank: any world size resumes the same state
+        restored = _read(str(folder), train_url, rank=world_size - 1, world_size=world_size)
+        assert (restored.step, restored.history, restored.resumes) == (
+            7,
+            [{"step": 7, "val_psnr": 20.5}],
+            [7],
+        )
+        _assert_same(restored.student.state_dict(), written.student.state_dict())
+        _assert_same(restored.ema.state_dict(), written.ema.state_dict())
+        _assert_same(restored.optimizer.state_dict(), written.optimizer.state_dict())
+        assert restored.stream.state_dict() == written.stream.state_dict()
+
+
+def test_a_per_rank_checkpoint_of_the_older_format_still_resumes_with_a_warning(tmp_path, train_url, caplog):
+    """Format 1: train_state.pt without data, rank_<r>.pt with per-rank RNGs and positions, no format."""
+    folder = tmp_path / checkpoint_dir_name(7)
+    written = _trained(train_url, 7, [{"step": 7}])
+    _write(folder, written)
+    saved = torch.load(folder / "train_state.pt", weights_only=True)
+    torch.save(
+        {k: saved[k] for k in ("step", "student", "ema", "optimizer", "scheduler")}, folder / "train_state.pt"
     )
-    assert (
-        restored.optimizer.state_dict()["state"][0]["step"]
-        == written.optimizer.state_dict()["state"][0]["step"]
-    )
-    position = restored.stream.state_dict()
-    assert (position["epoch"], position["batch"]) == (0, 7)
-    assert rank_state["replica_digest"] == replica_digest(restored.student, restored.ema.module)
-    _assert_same(restored.ema.state_dict(), written.ema.state_dict())
-    # another world size: weights restored, per-rank state not (an inexact resume, logged)
-    elsewhere = _read(str(folder), train_url, rank=1, world_size=2)
-    assert elsewhere.step == 7 and elsewhere.stream.state_dict()["batch"] == 0
-    assert torch.equal(elsewhere.generator.get_state(), torch.Generator().manual_seed(0).get_state())
+    torch.save({"step": 7, "data": {"version": 1, "epoch": 0, "batch": 3}}, folder / "rank_0.pt")
+    meta = json.loads((folder / "meta.json").read_text())
+    old = {"step": 7, "world_size": 2, "arch_spec": meta["arch_spec"], "resumes": [], "files": {}}
+    (folder / "meta.json").write_text(json.dumps(old))
+    assert run_global_batch(None, 16, 4, old) == 32  # its run had batch_size per worker on 2 workers
+    with caplog.at_level("WARNING"):
+        restored = _read(str(folder), train_url)
+    assert "older format" in caplog.text and "not an exact resume" in caplog.text
+    assert restored.step == 7 and restored.stream.state_dict()["step"] == 7
+    _assert_same(restored.student.state_dict(), written.student.state_dict())
+
+
+def test_the_global_batch_is_the_recorded_one_then_the_configured_one_then_batch_times_workers():
+    recorded = {"format": 2, "step": 4, "world_size": 2, "global_batch_size": 6}
+    assert run_global_batch(None, 4, 1, recorded) == 6  # resumed on fewer workers: kept
+    assert run_global_batch(6, 4, 3, recorded) == 6
+    assert run_global_batch(5, 4, 3, None) == 5
+    assert run_global_batch(None, 4, 3, None) == 12
+    with pytest.raises(ValueError, match="started with a global batch of 6"):
+        run_global_batch(8, 4, 2, recorded)
+    with pytest.raises(ValueError, match="smaller than the 3 workers"):
+        run_global_batch(2, 4, 3, None)
 
 
 def test_replica_digest_tells_weights_apart():
@@ -198,12 +219,12 @@ def test_replica_digest_tells_weights_apart():
 
 @pytest.fixture
 def run_folder(tmp_path, train_url) -> Path:
-    """Checkpoints at steps 2 (complete), 4 (complete), 6 (a rank file cut short), 8 (no meta.json)."""
+    """Checkpoints at steps 2 (complete), 4 (complete), 6 (a state file cut short), 8 (no meta.json)."""
     run = tmp_path / "run"
     for step in (2, 4, 6, 8):
         _write(run / checkpoint_dir_name(step), _trained(train_url, step, [{"step": step}]))
-    rank_file = run / checkpoint_dir_name(6) / "rank_0.pt"
-    rank_file.write_bytes(rank_file.read_bytes()[:100])
+    state_file = run / checkpoint_dir_name(6) / "train_state.pt"
+    state_file.write_bytes(state_file.read_bytes()[:100])
     (run / checkpoint_dir_name(8) / "meta.json").unlink()
     (run / "tensorboard").mkdir()
     (run / "checkpoint_manager_snapshot.json").write_text("{}")

@@ -1,17 +1,20 @@
-"""Who reads which records in which order: pure index arithmetic, no I/O.
+"""Which records make the global batch of every step: pure index arithmetic, no I/O.
 
-Why a separate plan: the order is a function of (seed, epoch, rank, reader) and the record counts
-only, so every reader can compute its share without talking to the others, and a resumed run can
-jump to any batch by recomputing the plan instead of replaying the data.
+Why a separate plan: the sample sequence is a function of (seed, record counts, global batch
+size) only -- never of the rank, the world size or the number of loader workers -- so a run on W
+workers trains on exactly the batches a run on one worker would, each worker computes its share
+without talking to the others, and a resumed run (on any number of workers) jumps to any step by
+recomputing the plan instead of replaying the data.
 
 Epoch `e`: the units (shards, or images for PNG sources) are permuted by (seed, e) and their
-records concatenated (records of a unit stay sequential, so reads are sequential). The sequence
-is padded by wrapping around to `world_size * batches_per_epoch * batch_size` records (every rank
-gets the same number of batches; at most one batch per rank is padding) and cut into contiguous
-rank slices, each cut into contiguous reader slices (one per DataLoader worker). A reader passes
-its slice through a shuffle buffer (simulated on indices) and emits batches. The DataLoader takes
-batches round-robin from its workers, so global batch g = e * batches_per_epoch + k comes from
-reader g mod num_readers; each reader's slice holds exactly the batches it will be asked for.
+records concatenated (records of a unit stay sequential, so reads are sequential). That order,
+padded by wrapping around to `global_batch * steps_per_epoch` records, is cut into `global_batch`
+*lanes* of `steps_per_epoch` contiguous records. Each lane passes its records through its own
+shuffle buffer (simulated on indices, seeded by (seed, e, lane)); the global batch of step k of
+the epoch is sample k of every lane, in lane order. A rank serves a contiguous range of lanes
+(its rows of the global batch, `lane_shares`), each lane read front to back in large requests.
+Each sample's patch position and augmentation are drawn from (seed, e, its position in the epoch
+order), so they too are the same whoever reads it.
 """
 
 from __future__ import annotations
@@ -27,33 +30,22 @@ _PERMUTE, _BUFFER, _SAMPLE = 0, 1, 2  # separate random streams derived from (se
 @dataclass(frozen=True)
 class StreamPlan:
     counts: tuple[int, ...]
-    batch_size: int
-    world_size: int
-    num_readers: int
+    global_batch: int
     seed: int
-    shuffle_buffer: int
+    shuffle_buffer: int  # patches held over all lanes together (each lane holds its share)
 
     @property
     def num_records(self) -> int:
         return sum(self.counts)
 
     @property
-    def batches_per_epoch(self) -> int:
-        """Batches each rank yields per epoch (the epoch is padded up to a whole batch on every rank)."""
-        return math.ceil(self.num_records / (self.world_size * self.batch_size))
+    def steps_per_epoch(self) -> int:
+        """Samples per lane = global batches per epoch (the epoch is padded up to a whole global batch)."""
+        return math.ceil(self.num_records / self.global_batch)
 
-    def locate(self, g: int) -> tuple[int, int, int, int]:
-        """Global batch index -> (epoch, batch in epoch, reader, batch index within that reader's slice)."""
-        epoch, k = divmod(g, self.batches_per_epoch)
-        reader = g % self.num_readers
-        return epoch, k, reader, (k - self._first_batch(epoch, reader)) // self.num_readers
-
-    def _first_batch(self, epoch: int, reader: int) -> int:
-        return (reader - epoch * self.batches_per_epoch) % self.num_readers
-
-    def reader_batches(self, epoch: int, reader: int) -> int:
-        first = self._first_batch(epoch, reader)
-        return max(0, -(-(self.batches_per_epoch - first) // self.num_readers))
+    @property
+    def lane_buffer(self) -> int:
+        return max(1, self.shuffle_buffer // self.global_batch)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """(T, 3) int64 rows (unit, record in unit, record id) for the whole padded epoch."""
@@ -64,19 +56,17 @@ class StreamPlan:
         starts = np.repeat(np.cumsum(counts[units]) - counts[units], counts[units])
         rec_col = np.arange(len(unit_col)) - starts
         order = np.stack([unit_col, rec_col, first_id[unit_col] + rec_col], axis=1)
-        total = self.world_size * self.batches_per_epoch * self.batch_size
+        total = self.global_batch * self.steps_per_epoch
         return order[np.arange(total) % len(order)]
 
-    def reader_slice(self, epoch: int, rank: int, reader: int) -> tuple[int, int]:
-        """[start, stop) of this reader's records in the epoch order."""
-        start = rank * self.batches_per_epoch * self.batch_size
-        start += self.batch_size * sum(self.reader_batches(epoch, r) for r in range(reader))
-        return start, start + self.batch_size * self.reader_batches(epoch, reader)
+    def lane_start(self, lane: int) -> int:
+        """Position of the lane's first record in the epoch order; its steps_per_epoch records follow."""
+        return lane * self.steps_per_epoch
 
-    def emission_order(self, n: int, epoch: int, rank: int, reader: int) -> np.ndarray:
-        """The order a shuffle buffer of `shuffle_buffer` items emits n items read in order 0..n-1."""
-        rng = np.random.default_rng((self.seed, epoch, _BUFFER, rank, reader))
-        size = max(1, self.shuffle_buffer)
+    def emission_order(self, epoch: int, lane: int) -> np.ndarray:
+        """The order the lane's shuffle buffer emits its records (indices into the lane), one per step."""
+        n, size = self.steps_per_epoch, self.lane_buffer
+        rng = np.random.default_rng((self.seed, epoch, _BUFFER, lane))
         picks = rng.integers(0, size, max(0, n - size))
         buf = list(range(min(size, n)))
         out = []
@@ -89,3 +79,12 @@ class StreamPlan:
     def sample_rng(self, epoch: int, position: int) -> np.random.Generator:
         """Randomness of the sample at `position` of the epoch order (patch location, augmentation)."""
         return np.random.default_rng((self.seed, epoch, _SAMPLE, position))
+
+
+def lane_shares(global_batch: int, world_size: int) -> list[range]:
+    """The lanes (= rows of the global batch) of each rank: contiguous, sizes differing by at most one."""
+    if not 1 <= world_size <= global_batch:
+        raise ValueError(f"a global batch of {global_batch} cannot be shared by {world_size} workers")
+    base, extra = divmod(global_batch, world_size)
+    bounds = np.cumsum([0] + [base + (r < extra) for r in range(world_size)])
+    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

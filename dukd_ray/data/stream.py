@@ -1,11 +1,12 @@
-"""The training stream: endless batches of aligned random LR/HR patches, resumable to the batch.
+"""The training stream: endless batches of aligned random LR/HR patches, resumable to the step.
 
-Each DataLoader worker of each rank is one reader of `plan.StreamPlan`: it fetches its records in
-order on a read-ahead thread (a few large range reads per run of shard records), cuts a random
-aligned patch with BasicSR's augmentation as each record arrives (so the shuffle buffer holds
-patches, not whole crops), and emits batches in the plan's shuffled order. `TrainStream` counts
-the batches handed out; its `state_dict()` is that position, and iterating after
-`load_state_dict()` rebuilds every reader exactly where it was.
+A rank's lanes of `plan.StreamPlan` are split among its DataLoader workers (contiguous groups);
+each worker fetches its lanes' records in order on a read-ahead thread (a few large range reads
+per run of shard records), cuts a random aligned patch with BasicSR's augmentation as each record
+arrives (so the shuffle buffers hold patches, not whole crops), and yields its rows of each step;
+the main process concatenates the workers' rows in lane order. `TrainStream` counts the steps
+handed out; its `state_dict()` is that global position, and iterating after `load_state_dict()`
+(or `seek`) rebuilds every reader exactly there, whatever the world size was when it was saved.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dukd_ray.data.plan import StreamPlan
+from dukd_ray.data.plan import StreamPlan, lane_shares
 from dukd_ray.data.reuse import prepare_source
 from dukd_ray.data.sources import Record, Source, open_source
 
 log = logging.getLogger(__name__)
 BATCHES_AHEAD = 2
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: per-rank positions (epoch, batch of that rank)
 
 
 class PatchError(ValueError):
@@ -99,150 +100,176 @@ class _ReadAhead:
         self._stop.set()
 
 
-class _ReaderEpoch:
-    """One reader's batches for one epoch from its batch `first` on, made on background threads.
+class _LanesEpoch:
+    """One reader's lanes for one epoch from step `first` on: per step, its rows of the global batch.
 
-    One thread fetches records (I/O); another cuts patches into the shuffle buffer and assembles
-    batches, so a reader can fill its next epoch's buffer while this epoch's last batches drain.
+    One thread fetches records (I/O): every lane is read front to back through its own iterator
+    over the source (so each lane's reads stay large range reads), the lanes interleaved in the
+    order their samples are needed. Another thread cuts patches into the lanes' shuffle buffers and
+    assembles each step's rows, so a reader can fill its next epoch's buffers while this epoch's
+    last steps drain.
     """
 
     def __init__(
-        self,
-        source: Source,
-        plan: StreamPlan,
-        epoch: int,
-        rank: int,
-        reader: int,
-        first: int,
-        scale: int,
-        patch: int,
+        self, source: Source, plan: StreamPlan, epoch: int, lanes: range, first: int, scale: int, patch: int
     ) -> None:
         self.plan, self.epoch, self.scale, self.patch = plan, epoch, scale, patch
-        self.next_batch, self.num_batches = first, plan.reader_batches(epoch, reader)
-        start, stop = plan.reader_slice(epoch, rank, reader)
-        order = plan.epoch_order(epoch)[start:stop]
-        emission = plan.emission_order(stop - start, epoch, rank, reader)[first * plan.batch_size :]
-        needed = np.sort(emission)  # read order: sequential within each unit
-        requests = [(int(u), int(r)) for u, r in order[needed, :2]]
+        self.next_step = first
+        order = plan.epoch_order(epoch)
+        self._emission = [plan.emission_order(epoch, lane)[first:] for lane in lanes]
+        self._starts = [plan.lane_start(lane) for lane in lanes]
+        self._needed = [np.sort(e) for e in self._emission]  # read order: sequential within the lane
+        self._ids = order[:, 2]
+        lane_reads = [
+            source.iter_records([(int(u), int(r)) for u, r in order[start + needed, :2]])
+            for start, needed in zip(self._starts, self._needed, strict=True)
+        ]
+        schedule = self._read_schedule()
         self.read_all = threading.Event()
-        self._records = _ReadAhead(source.iter_records(requests), source.read_ahead)
-        batches = self._produce(self._records, needed.tolist(), emission, order[:, 2], start)
-        self._batches = _ReadAhead(batches, BATCHES_AHEAD)
-
-    def _produce(
-        self, records: _ReadAhead, needed: list[int], emission: np.ndarray, ids: np.ndarray, start: int
-    ) -> Iterator[dict[str, torch.Tensor]]:
-        held: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        pending = iter(needed)
-        taken = 0
-        if not needed:
+        if not schedule:
             self.read_all.set()
-        for first in range(0, len(emission), self.plan.batch_size):
-            picks = emission[first : first + self.plan.batch_size]
-            lrs, hrs = [], []
-            for i in picks.tolist():
-                while i not in held:
-                    j = next(pending)
-                    rng = self.plan.sample_rng(self.epoch, start + j)
-                    held[j] = random_patch(next(records), self.scale, self.patch, rng)
-                    taken += 1
-                    if taken == len(needed):
+        reads = ((lane, next(lane_reads[lane])) for lane in schedule)
+        self._records = _ReadAhead(reads, source.read_ahead)
+        self._steps = _ReadAhead(self._produce(self._records, len(schedule)), BATCHES_AHEAD)
+
+    def _read_schedule(self) -> list[int]:
+        """The lane of every record fetch, in the order the samples need them (by step, then lane)."""
+        keys = []
+        for lane, (emission, needed) in enumerate(zip(self._emission, self._needed, strict=True)):
+            # reads needed by step t: all of `needed` up to the furthest record emitted by then
+            required = np.maximum.accumulate(np.searchsorted(needed, emission)) + 1
+            need_step = np.searchsorted(required, np.arange(len(needed)) + 1)
+            keys.append(np.stack([need_step, np.full(len(needed), lane)], axis=1))
+        if not keys or not sum(len(k) for k in keys):
+            return []
+        merged = np.concatenate(keys)
+        return merged[np.lexsort((merged[:, 1], merged[:, 0])), 1].tolist()
+
+    def _produce(self, records: _ReadAhead, total: int) -> Iterator[dict[str, torch.Tensor]]:
+        held: list[dict[int, tuple[np.ndarray, np.ndarray]]] = [{} for _ in self._emission]
+        taken = [0] * len(self._emission)
+        for t in range(len(self._emission[0]) if self._emission else 0):
+            lrs, hrs, ids = [], [], []
+            for lane, emission in enumerate(self._emission):
+                i = int(emission[t])
+                while i not in held[lane]:
+                    got, record = next(records)
+                    j = int(self._needed[got][taken[got]])
+                    taken[got] += 1
+                    position = self._starts[got] + j
+                    patch = random_patch(
+                        record, self.scale, self.patch, self.plan.sample_rng(self.epoch, position)
+                    )
+                    held[got][j] = patch
+                    total -= 1
+                    if total == 0:
                         self.read_all.set()
-                lr, hr = held.pop(i)
+                lr, hr = held[lane].pop(i)
                 lrs.append(lr)
                 hrs.append(hr)
-            yield {"lr": _to_tensor(lrs), "hr": _to_tensor(hrs), "index": torch.from_numpy(ids[picks])}
+                ids.append(self._ids[self._starts[lane] + i])
+            yield {
+                "lr": _to_tensor(lrs),
+                "hr": _to_tensor(hrs),
+                "index": torch.tensor(ids, dtype=torch.int64),
+            }
 
-    def batch(self) -> dict[str, torch.Tensor]:
-        self.next_batch += 1
-        return next(self._batches)
+    def rows(self) -> dict[str, torch.Tensor]:
+        self.next_step += 1
+        return next(self._steps)
 
     def close(self) -> None:
-        self._batches.close()
+        self._steps.close()
         self._records.close()
 
 
 class _RankDataset(IterableDataset):
-    """The batches of one rank from global batch `start` on; worker w serves every num_readers-th one."""
+    """A rank's rows of every global batch from step `start` on; loader worker w serves lane group w."""
 
     def __init__(
-        self, source: Source, plan: StreamPlan, rank: int, start: int, scale: int, patch: int
+        self, source: Source, plan: StreamPlan, groups: list[range], start: int, scale: int, patch: int
     ) -> None:
-        self.source, self.plan, self.rank, self.start = source, plan, rank, start
+        self.source, self.plan, self.groups, self.start = source, plan, groups, start
         self.scale, self.patch = scale, patch
 
-    def _reader(self, g: int) -> _ReaderEpoch:
-        epoch, _, reader, j = self.plan.locate(g)
-        return _ReaderEpoch(self.source, self.plan, epoch, self.rank, reader, j, self.scale, self.patch)
+    def _reader(self, lanes: range, step: int) -> _LanesEpoch:
+        epoch, k = divmod(step, self.plan.steps_per_epoch)
+        return _LanesEpoch(self.source, self.plan, epoch, lanes, k, self.scale, self.patch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
-        g = self.start + (info.id if info is not None else 0)
-        step = self.plan.num_readers
-        current: _ReaderEpoch | None = None
-        upcoming: tuple[int, _ReaderEpoch] | None = None  # this worker's next epoch, started early
+        lanes = self.groups[info.id if info is not None else 0]
+        per_epoch = self.plan.steps_per_epoch
+        step = self.start
+        current = self._reader(lanes, step)
+        upcoming: _LanesEpoch | None = None  # the next epoch, started once this one has read everything
         try:
             while True:
-                epoch, _, _, j = self.plan.locate(g)
-                if current is None or (current.epoch, current.next_batch) != (epoch, j):
-                    if current is not None:
-                        current.close()
-                    current = upcoming[1] if upcoming is not None and upcoming[0] == g else self._reader(g)
-                    upcoming = None
-                yield current.batch()
-                g += step
+                if current.next_step == per_epoch:
+                    current.close()
+                    current, upcoming = upcoming or self._reader(lanes, step), None
+                yield current.rows()
+                step += 1
                 if upcoming is None and current.read_all.is_set():
-                    g_next = g + step * (current.num_batches - current.next_batch)
-                    upcoming = (g_next, self._reader(g_next))
+                    upcoming = self._reader(lanes, (current.epoch + 1) * per_epoch)
         finally:
-            for reader in (current, upcoming[1] if upcoming else None):
+            for reader in (current, upcoming):
                 if reader is not None:
                     reader.close()
 
 
 class TrainStream:
-    """Endless training batches for one rank; `state_dict()` is the position of the next batch."""
+    """Endless training batches: this rank's rows of every global batch; `state_dict()` is the step."""
 
     def __init__(
         self,
         source: Source,
         plan: StreamPlan,
-        rank: int,
+        lanes: range,
         scale: int,
         patch_size: int,
         num_workers: int,
         pin_memory: bool,
     ) -> None:
-        self.source, self.plan, self.rank, self.scale = source, plan, rank, scale
+        self.source, self.plan, self.lanes, self.scale = source, plan, lanes, scale
         self.patch_size, self.num_workers, self.pin_memory = patch_size, num_workers, pin_memory
         self._next = 0
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.plan.batches_per_epoch
+        return self.plan.steps_per_epoch
 
     @property
     def epoch(self) -> int:
-        return self._next // self.plan.batches_per_epoch
+        return self._next // self.plan.steps_per_epoch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        dataset = _RankDataset(self.source, self.plan, self.rank, self._next, self.scale, self.patch_size)
+        # loader worker w reads lane group w and yields its rows of each step in turn; the DataLoader
+        # hands items out round-robin, so each run of len(groups) items is one step's rows, in order
+        readers = min(max(1, self.num_workers), len(self.lanes))
+        groups = [
+            range(self.lanes.start + g.start, self.lanes.start + g.stop)
+            for g in lane_shares(len(self.lanes), readers)
+        ]
+        dataset = _RankDataset(self.source, self.plan, groups, self._next, self.scale, self.patch_size)
+        workers = readers if self.num_workers else 0
         loader = DataLoader(
             dataset,
             batch_size=None,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory,
-            prefetch_factor=2 if self.num_workers else None,
+            prefetch_factor=2 if workers else None,
         )
-        batches = iter(loader)
+        items = iter(loader)
         try:
-            for batch in batches:
+            while True:
+                parts = [next(items) for _ in groups]
                 self._next += 1
-                yield batch
+                yield parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         finally:
             # Stop the workers now: when a worker error's traceback keeps this iterator alive, the garbage
             # collector finalises its queues first and its own shutdown then waits 5 s per worker.
-            shutdown = getattr(batches, "_shutdown_workers", None)
+            shutdown = getattr(items, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
 
@@ -251,30 +278,30 @@ class TrainStream:
         return {
             "num_records": p.num_records,
             "seed": p.seed,
-            "world_size": p.world_size,
-            "batch_size": p.batch_size,
-            "num_workers": self.num_workers,
+            "global_batch": p.global_batch,
             "patch_size": self.patch_size,
             "scale": self.scale,
             "shuffle_buffer": p.shuffle_buffer,
         }
 
     def state_dict(self) -> dict[str, int]:
-        epoch, k = divmod(self._next, self.plan.batches_per_epoch)
-        return {"version": STATE_VERSION, "epoch": epoch, "batch": k, **self._fingerprint()}
+        """The global position (steps consumed): the same on every rank, whatever the world size."""
+        return {"version": STATE_VERSION, "step": self._next, **self._fingerprint()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue at the saved position; the stream's data and layout must be those it was saved with."""
+        """Continue at the saved step; the stream's data and global batch must be those it was saved with."""
         for key, value in {"version": STATE_VERSION, **self._fingerprint()}.items():
             if state.get(key) != value:
                 raise ValueError(
                     f"stream state field {key!r} is {state.get(key)!r}, this stream has {value!r}"
                 )
-        if not 0 <= state["batch"] < self.plan.batches_per_epoch or state["epoch"] < 0:
-            raise ValueError(
-                f"stream state position epoch={state['epoch']} batch={state['batch']} is out of range"
-            )
-        self._next = state["epoch"] * self.plan.batches_per_epoch + state["batch"]
+        self.seek(state["step"])
+
+    def seek(self, step: int) -> None:
+        """Continue with global batch `step` (0-based), whatever world size the run had before."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"stream position {step!r} is not a step >= 0")
+        self._next = step
 
 
 def build_train_stream(
@@ -289,6 +316,7 @@ def build_train_stream(
     storage_options: dict[str, Any] | None = None,
     pin_memory: bool = False,
     *,
+    global_batch: int | None = None,
     shuffle_buffer: int = 1024,
     cache_dir: str | None = None,
     cache_bytes: int = 0,
@@ -296,14 +324,19 @@ def build_train_stream(
 ) -> TrainStream:
     """The training stream of one rank over a shard prefix or a DIV2K-layout root.
 
-    `shuffle_buffer` counts patches held per loader worker (a 48 px x4 patch pair is ~117 KB).
-    `cache_dir`, `cache_bytes` and `patches_per_record`: see `reuse.prepare_source`.
+    Every step is one `global_batch` (default `batch_size * world_size`) of which this rank yields
+    its rows (`plan.lane_shares`); the sequence does not depend on `world_size` or `num_workers`.
+    `shuffle_buffer` counts patches held over all lanes of the global batch (a 48 px x4 patch pair
+    is ~117 KB), each rank holding its lanes' part. `cache_dir`, `cache_bytes` and
+    `patches_per_record`: see `reuse.prepare_source`.
     """
+    global_batch = batch_size * world_size if global_batch is None else global_batch
     for name, value in (
         ("scale", scale),
         ("patch_size", patch_size),
         ("batch_size", batch_size),
         ("world_size", world_size),
+        ("global_batch", global_batch),
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -311,14 +344,15 @@ def build_train_stream(
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    lanes = lane_shares(global_batch, world_size)[rank]
     source = open_source(url, scale, storage_options)
     source = prepare_source(source, cache_dir, cache_bytes, patches_per_record)
-    plan = StreamPlan(source.counts, batch_size, world_size, max(1, num_workers), seed, shuffle_buffer)
+    plan = StreamPlan(source.counts, global_batch, seed, shuffle_buffer)
     if rank == 0:
         log.info(
-            "training data: %s; %d batches of %d per rank per epoch",
+            "training data: %s; %d steps of a global batch of %d per epoch",
             source.describe(),
-            plan.batches_per_epoch,
-            batch_size,
+            plan.steps_per_epoch,
+            global_batch,
         )
-    return TrainStream(source, plan, rank, scale, patch_size, num_workers, pin_memory)
+    return TrainStream(source, plan, lanes, scale, patch_size, num_workers, pin_memory)

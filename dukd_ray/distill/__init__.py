@@ -4,7 +4,7 @@ from dukd_ray.distill.augment import LC_OPS, apply_ops, invert_ops
 from dukd_ray.distill.config import DistillConfig
 from dukd_ray.distill.ema import EMA
 from dukd_ray.distill.fakd import affinity
-from dukd_ray.distill.methods import METHODS, train_step
+from dukd_ray.distill.methods import METHODS, Share, train_step
 from dukd_ray.distill.recipes import FAKD_TAPS, RECIPES, Recipe, Schedule, recipe
 from dukd_ray.distill.teacher import freeze_teacher
 from dukd_ray.distill.upcycle import zoom_in_cells, zoom_out_input
@@ -18,6 +18,7 @@ __all__ = [
     "DistillConfig",
     "Recipe",
     "Schedule",
+    "Share",
     "affinity",
     "apply_ops",
     "freeze_teacher",

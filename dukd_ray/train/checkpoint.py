@@ -1,15 +1,19 @@
-"""Training checkpoints: everything a run needs to continue exactly where it stopped.
+"""Training checkpoints: all a run needs to continue exactly where it stopped, on any number of workers.
 
 One directory per checkpoint, `<run>/checkpoint_<step>/`, written by `ray.train.report`, which
-merges every rank's files into it and registers it only once all of them are uploaded (so a crash
-mid-write never leaves a checkpoint that a resume would pick up):
+registers it only once every rank's report (and rank 0's files) is uploaded (so a crash mid-write
+never leaves a checkpoint that a resume would pick up):
 
-    train_state.pt   rank 0: the state's SHARED entries: student, EMA, optimizer, scheduler, step
-    rank_<r>.pt      every rank: python/numpy/torch(/cuda) RNG states, the distill generator and the
-                     data position, which differ per rank, and the digest of its student replica
+    train_state.pt   rank 0: the whole `TrainState` but its history: student, EMA, optimizer,
+                     scheduler, step and the data position (the global step; nothing is per rank)
     history.json     rank 0: every reported metrics dict so far (curves in the report)
-    meta.json        rank 0, written last: step, world size, the student's arch_spec, the steps the run
-                     resumed from, and the byte size of every other file (the completeness check)
+    meta.json        rank 0, written last: format, step, world size, the run's global batch size,
+                     the student's arch_spec, the steps the run resumed from, and the byte size of
+                     every other file (the completeness check)
+
+Format 1 (before the global batch) also had a `rank_<r>.pt` per rank with its data position and
+RNG states; such a checkpoint restores weights, optimizer and schedule, and the data continues at
+its step of today's global order, with a warning (not an exact resume).
 
 `write_checkpoint` / `read_checkpoint` save and restore a whole `TrainState`. A resume takes Ray's
 latest registered checkpoint (`ray.train.get_checkpoint()`), unless the run folder holds a newer
@@ -34,13 +38,14 @@ from torch import nn
 
 from dukd_ray.storage import basename, get_fs, list_folder, with_retries
 from dukd_ray.train.collective import all_gather
-from dukd_ray.train.state import PER_RANK, SHARED, TrainState
+from dukd_ray.train.state import SHARED, TrainState
 
 log = logging.getLogger(__name__)
 
 TRAIN_STATE = "train_state.pt"
 HISTORY = "history.json"
 META = "meta.json"
+FORMAT = 2  # 1: per-rank data positions and RNG states in rank_<r>.pt
 
 
 _CHECKPOINT_RE = re.compile(r"checkpoint_(\d{9})")
@@ -49,10 +54,6 @@ _CHECKPOINT_RE = re.compile(r"checkpoint_(\d{9})")
 def checkpoint_dir_name(step: int) -> str:
     """Zero-padded so checkpoint folders sort by step."""
     return f"checkpoint_{step:09d}"
-
-
-def rank_file(rank: int) -> str:
-    return f"rank_{rank}.pt"
 
 
 def replica_digest(*models: nn.Module) -> str:
@@ -66,54 +67,80 @@ def replica_digest(*models: nn.Module) -> str:
 
 
 def write_checkpoint(folder: str, state: TrainState, *, rank: int, world_size: int) -> None:
-    """This rank's share of `state` as a checkpoint in the local `folder` (Ray uploads it); collective.
+    """`state` as a checkpoint in the local `folder` (Ray uploads it); collective, only rank 0 writes.
 
     Raises if the ranks' student/EMA replicas differ: validation runs on every rank's EMA.
     """
-    saved = state.state_dict()
-    step = saved["step"]
-    rank_path = os.path.join(folder, rank_file(rank))
-    digest = replica_digest(state.student, state.ema.module)
-    torch.save({"step": step, **{k: saved[k] for k in PER_RANK}, "replica_digest": digest}, rank_path)
-    shares = all_gather((digest, os.path.getsize(rank_path)))
-    if len({d for d, _ in shares}) > 1:
-        raise RuntimeError(f"student replicas differ across ranks at step {step}: {[d for d, _ in shares]}")
+    step = state.step
+    digests = all_gather(replica_digest(state.student, state.ema.module))
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"student replicas differ across ranks at step {step}: {digests}")
     if rank != 0:
         return
+    saved = state.state_dict()
     torch.save({k: saved[k] for k in SHARED}, os.path.join(folder, TRAIN_STATE))
     _write_json(os.path.join(folder, HISTORY), saved["history"])
-    files = {rank_file(r): size for r, (_, size) in enumerate(shares)}
-    files |= {name: os.path.getsize(os.path.join(folder, name)) for name in (TRAIN_STATE, HISTORY)}
     meta = {
+        "format": FORMAT,
         "step": step,
         "world_size": world_size,
+        "global_batch_size": state.stream.plan.global_batch,
         "arch_spec": getattr(state.student, "arch_spec", None),
         "resumes": saved["resumes"],
-        "files": files,
+        "files": {name: os.path.getsize(os.path.join(folder, name)) for name in (TRAIN_STATE, HISTORY)},
     }
     _write_json(os.path.join(folder, META), meta)
 
 
+def read_meta(folder: str) -> dict[str, Any]:
+    with open(os.path.join(folder, META)) as f:
+        return json.load(f)
+
+
+def run_global_batch(
+    configured: int | None, batch_size: int, world_size: int, meta: dict[str, Any] | None
+) -> int:
+    """The run's global batch: the one its checkpoints record, else `configured`, else batch x workers.
+
+    A format-1 checkpoint records none: its run used `batch_size` per worker on its world size.
+    """
+    recorded = None
+    if meta is not None:
+        recorded = meta.get("global_batch_size", batch_size * int(meta["world_size"]))
+    if configured is not None and recorded is not None and configured != recorded:
+        raise ValueError(
+            f"data.global_batch_size is {configured}, but this run was started with a global batch of "
+            f"{recorded}, which it keeps (leave data.global_batch_size unset to continue it)"
+        )
+    chosen = recorded or configured or batch_size * world_size
+    if chosen < world_size:
+        raise ValueError(
+            f"the global batch of {chosen} is smaller than the {world_size} workers: each needs a sample "
+            "per step (data.global_batch_size)"
+        )
+    return chosen
+
+
 def read_checkpoint(folder: str, state: TrainState, *, rank: int, world_size: int) -> None:
-    """Load a (local) checkpoint folder into `state`; the PER_RANK entries only if the world size is the same.
+    """Load a (local) checkpoint folder into `state`; any world size continues exactly (format 2).
 
     Its step is appended to `state.resumes`: every restart and resubmission is on record.
     """
-    with open(os.path.join(folder, META)) as f:
-        meta = json.load(f)
+    meta = read_meta(folder)
     device = next(state.student.parameters()).device
     saved = torch.load(os.path.join(folder, TRAIN_STATE), map_location=device, weights_only=True)
-    if meta["world_size"] == world_size:
-        rank_state = torch.load(os.path.join(folder, rank_file(rank)), map_location="cpu", weights_only=True)
-        saved |= {k: rank_state[k] for k in PER_RANK}
-    else:
-        log.warning(
-            "checkpoint at step %d was written by %d workers, this run has %d: weights, optimizer and "
-            "schedule are restored, data positions and random states start afresh (not an exact resume)",
-            meta["step"],
-            meta["world_size"],
-            world_size,
-        )
+    if meta.get("format", 1) < FORMAT:
+        if rank == 0:
+            log.warning(
+                "checkpoint at step %d was written by %d workers with per-rank data positions (an older "
+                "format), this run has %d: weights, optimizer and schedule are restored, the data and "
+                "random streams continue at step %d of the global order (not an exact resume)",
+                meta["step"],
+                meta["world_size"],
+                world_size,
+                meta["step"],
+            )
+        saved.pop("data", None)
     with open(os.path.join(folder, HISTORY)) as f:
         saved["history"] = json.load(f)
     saved["step"] = step = int(meta["step"])
@@ -149,8 +176,10 @@ def resume_folder(
                 )
             yield local
     elif ray_checkpoint:
-        with ray_checkpoint.as_directory() as local:
-            yield local
+        # a folder of this process's own: as_directory() shares one download among a node's workers,
+        # and deletes it under the others when the first is done with it
+        with tempfile.TemporaryDirectory() as local:
+            yield ray_checkpoint.to_directory(local)
     else:
         yield None
 

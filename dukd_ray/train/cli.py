@@ -68,7 +68,12 @@ def add_run_args(
     )
     p.add_argument("--no-gpu", action="store_true", help="train on CPU workers even if GPUs exist")
     p.add_argument("--max-steps", type=int, help="training iterations")
-    p.add_argument("--batch-size", type=int, help="patches per worker per step")
+    p.add_argument("--batch-size", type=int, help="most patches per worker per forward/backward pass")
+    p.add_argument(
+        "--global-batch-size",
+        type=int,
+        help="patches per step, all workers together (default: batch size x workers at the first start)",
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, repeatable"
     )
@@ -133,6 +138,7 @@ def apply_flags(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
         "run.num_workers": args.num_workers,
         "train.max_steps": args.max_steps,
         "data.batch_size": args.batch_size,
+        "data.global_batch_size": args.global_batch_size,
         "run.use_gpu": False if args.no_gpu else None,
         "train.amp": True if args.amp else None,
     }

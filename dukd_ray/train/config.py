@@ -57,7 +57,10 @@ class DataSpec:
     val: str | dict[str, str] | None = None  # benchmark-layout root, or {set name: "gt=HR,lq=LR[,tmpl=T]"}
     val_sets: list[str] | None = None  # None: every set found under `val`
     patch_size: int = 48  # LR patch side
-    batch_size: int = 16  # per worker
+    batch_size: int = 16  # most patches per forward/backward pass on a worker (larger shares accumulate)
+    # patches per step over all workers; None: batch_size x workers at the run's first start, then
+    # recorded in its checkpoints and kept whatever the world size (docs/training.md)
+    global_batch_size: int | None = None
     loader_workers: int = 2  # decode processes per training worker
     cache_dir: str | None = None  # node-local folder caching shards for every process of the node
     cache_gb: float = 100.0  # the cache's bound on each node (GiB)
@@ -264,6 +267,8 @@ class JobConfig:
             _check(getattr(m, key) in PRESET_NAMES, f"model.{key}", getattr(m, key), f"one of {PRESET_NAMES}")
         _check(d.patch_size >= 4, "data.patch_size", d.patch_size, "an integer >= 4")
         _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
+        g = d.global_batch_size
+        _check(g is None or g >= 1, "data.global_batch_size", g, "null or an integer >= 1")
         _check(d.loader_workers >= 0, "data.loader_workers", d.loader_workers, "an integer >= 0")
         local = d.cache_dir is None or "://" not in d.cache_dir
         _check(local, "data.cache_dir", d.cache_dir, "null or a local folder on every node")
@@ -293,6 +298,8 @@ class JobConfig:
             ok = (value is None and key == "name") or bool(_NAME_RE.match(str(value)))
             _check(ok, f"run.{key}", value, "a name of letters, digits, '.', '_', '-'")
         r.num_workers = worker_count(r.num_workers)
+        ok = g is None or g >= r.max_workers
+        _check(ok, "data.global_batch_size", g, "at least run.num_workers (a sample per worker per step)")
         _check(r.use_gpu in (True, False, "auto"), "run.use_gpu", r.use_gpu, "true, false or auto")
         g = r.gpus_per_worker
         ok = g > 0 and (g <= 1 or g == int(g))

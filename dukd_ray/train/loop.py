@@ -24,20 +24,28 @@ from torch import nn
 from dukd_ray.data import build_train_stream
 from dukd_ray.data.shards import ShardFormatError
 from dukd_ray.data.stream import PatchError
-from dukd_ray.distill import EMA, freeze_teacher, train_step
+from dukd_ray.distill import EMA, Share, freeze_teacher, train_step
 from dukd_ray.eval.benchmark import Pair, evaluate_bicubic
 from dukd_ray.eval.inference import InferenceOptions
 from dukd_ray.image.io import ImageDecodeError
 from dukd_ray.image.pairs import PairError
 from dukd_ray.models import StudentInit, build_arch, load_pretrained, load_student_init
 from dukd_ray.train.acceleration import autocast_dtype, compiled
-from dukd_ray.train.checkpoint import checkpoint_dir_name, read_checkpoint, resume_folder, write_checkpoint
+from dukd_ray.train.checkpoint import (
+    checkpoint_dir_name,
+    read_checkpoint,
+    read_meta,
+    resume_folder,
+    run_global_batch,
+    write_checkpoint,
+)
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.faults import Injection
 from dukd_ray.train.outputs import write_outputs
 from dukd_ray.train.preemption import PreemptionWatch
 from dukd_ray.train.progress import ProgressLine, StepMeter, TensorBoard
 from dukd_ray.train.resources import use_cpus
+from dukd_ray.train.rng import seed_step
 from dukd_ray.train.state import TrainState
 from dukd_ray.train.throughput import step_cost
 from dukd_ray.train.validate import evaluate_distributed, flatten
@@ -79,36 +87,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     student, ema, init = _build_student(cfg, device, memory_format)
     if init and rank == 0:
         log.info("student init %s", init.describe())
-    _seed_everything(t.seed + rank)  # from here on each rank draws its own random numbers
-    generator = torch.Generator().manual_seed(t.seed + rank)
     optimizer = torch.optim.Adam(student.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    state = TrainState(
-        student=student,
-        ema=ema,
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=t.milestones, gamma=t.gamma),
-        generator=generator,
-        stream=build_train_stream(
-            cfg.data.train,
-            cfg.model.scale,
-            patch_size=cfg.data.patch_size,
-            batch_size=cfg.data.batch_size,
-            rank=rank,
-            world_size=world,
-            seed=t.seed,
-            num_workers=cfg.data.loader_workers,
-            cache_dir=cfg.data.cache_dir,
-            cache_bytes=int(cfg.data.cache_gb * 2**30),
-            patches_per_record=cfg.data.patches_per_record,
-            storage_options=opts,
-            pin_memory=cuda,
-        ),
-    )
     with resume_folder(ray.train.get_checkpoint(), run_url, opts) as folder:
+        meta = read_meta(folder) if folder else None
+        try:  # the run's global batch: recorded by its first start, whatever the world size is now
+            global_batch = run_global_batch(cfg.data.global_batch_size, cfg.data.batch_size, world, meta)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        cfg.data.global_batch_size = global_batch
+        state = TrainState(
+            student=student,
+            ema=ema,
+            optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=t.milestones, gamma=t.gamma),
+            stream=build_train_stream(
+                cfg.data.train,
+                cfg.model.scale,
+                patch_size=cfg.data.patch_size,
+                batch_size=cfg.data.batch_size,
+                rank=rank,
+                world_size=world,
+                seed=t.seed,
+                num_workers=cfg.data.loader_workers,
+                cache_dir=cfg.data.cache_dir,
+                cache_bytes=int(cfg.data.cache_gb * 2**30),
+                patches_per_record=cfg.data.patches_per_record,
+                storage_options=opts,
+                pin_memory=cuda,
+                global_batch=global_batch,
+            ),
+        )
         if folder:
             read_checkpoint(folder, state, rank=rank, world_size=world)
             if rank == 0:
                 log.info("resuming %s from step %d", cfg.run.name, state.step)
+    # this rank's rows of every global batch, in passes of at most data.batch_size (see Share)
+    share = Share(global_batch, state.stream.lanes.start, cfg.data.batch_size, world)
     model = ray.train.torch.prepare_model(student)  # DDP across workers; the teacher is never wrapped
     # train.compile: the step runs compiled wrappers; EMA, checkpoints and validation use the modules
     model, step_teacher = compiled(model, t.compile, device), compiled(teacher, t.compile, device)
@@ -125,8 +139,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         began = time.perf_counter()
         batch = {k: v.to(device, non_blocking=cuda) for k, v in _next_batch(batches, rank, step).items()}
         fetched = time.perf_counter()
+        generator = seed_step(t.seed, step)  # every draw of the step: a function of (seed, step) only
         losses = train_step(
-            model, step_teacher, optimizer, batch, cfg.distill, generator, amp_dtype, input_format
+            model, step_teacher, optimizer, batch, cfg.distill, generator, amp_dtype, input_format, share
         )
         state.scheduler.step()
         ema.update(model)
@@ -134,7 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         meter.add(losses, data_s=fetched - began, step_s=time.perf_counter() - began)
         if fault:
             fault.maybe_fail(rank, step, run_url, opts)
-        progress.update(step, meter, cfg.data.batch_size * world, state.scheduler.get_last_lr()[0])
+        progress.update(step, meter, global_batch, state.scheduler.get_last_lr()[0])  # collective
 
         if _due(step, t.val_every, t.max_steps):
             metrics = _validation_metrics(cfg, state, meter, teacher, sets, evaluate, rank)

@@ -1,33 +1,26 @@
-"""Every random state a training step consumes, captured and restored exactly (resumes are bit-exact)."""
+"""Every random number a training step consumes is a function of (seed, step): no RNG state to save.
+
+Why: a resumed run -- on any number of workers -- must draw what the uninterrupted run drew, and
+per-rank generator states cannot be carried from W ranks to W' ranks. So each step reseeds
+torch's global generator (what model internals such as drop-path use) and makes the distill
+method's generator afresh, both from (seed, step) through numpy's SeedSequence; the data stream's
+draws are per sample (`data.plan.StreamPlan.sample_rng`).
+"""
 
 from __future__ import annotations
-
-import random
-from typing import Any
 
 import numpy as np
 import torch
 
-
-def capture_rng(generator: torch.Generator) -> dict[str, Any]:
-    """Python, numpy, torch(, CUDA) and `generator` states; numpy's as plain values for `weights_only`."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "generator": generator.get_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+_GLOBAL, _DISTILL = 0, 1  # separate streams per step
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed for `stream` of step `step` of a run seeded `seed`; the same on every rank."""
+    return int(np.random.SeedSequence((seed, step, stream)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_step(seed: int, step: int) -> torch.Generator:
+    """Reseed torch's global RNG (CUDA too) for `step`; returns the distill generator of that step."""
+    torch.manual_seed(step_seed(seed, step, _GLOBAL))
+    return torch.Generator().manual_seed(step_seed(seed, step, _DISTILL))

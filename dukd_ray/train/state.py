@@ -1,14 +1,10 @@
 """`TrainState`: everything training changes, saved and restored as one (TorchTitan's `Stateful`).
 
-`state_dict()` has three kinds of entries, which a checkpoint stores apart:
-
-    SHARED     step, student, EMA, optimizer, scheduler: identical on every rank (DDP)
-    PER_RANK   rng (python/numpy/torch(/CUDA) states and the distill generator), data (the stream's
-               position): different on every rank
-    history    every reported metrics dict so far; resumes, every step the run resumed from
-
-`load_state_dict` takes the PER_RANK entries as optional: a run resumed with another number of
-workers has none that fit and starts them afresh.
+Every entry is the same on every rank: step, student, EMA, optimizer, scheduler (DDP keeps them
+equal), the data position (the global step of the stream, `data.stream.TrainStream.state_dict`),
+history (every reported metrics dict so far) and resumes (every step the run resumed from).
+Nothing is per rank -- random draws are functions of (seed, step), see `train.rng` -- so a state
+saved by W workers continues exactly on any number of workers.
 """
 
 from __future__ import annotations
@@ -21,10 +17,8 @@ from torch import nn
 
 from dukd_ray.data import TrainStream
 from dukd_ray.distill import EMA
-from dukd_ray.train.rng import capture_rng, restore_rng
 
-SHARED = ("step", "student", "ema", "optimizer", "scheduler")
-PER_RANK = ("rng", "data")
+SHARED = ("step", "student", "ema", "optimizer", "scheduler", "data")
 
 
 @dataclass(eq=False)
@@ -35,7 +29,6 @@ class TrainState:
     ema: EMA
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    generator: torch.Generator  # the distill method's draws
     stream: TrainStream
     step: int = 0  # the last step trained
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -55,24 +48,24 @@ class TrainState:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": capture_rng(self.generator),
             "data": self.stream.state_dict(),
             "history": list(self.history),
             "resumes": list(self.resumes),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from `state`; without the PER_RANK entries the RNGs and data position stay as they are."""
-        given = [key for key in PER_RANK if key in state]
-        if given and len(given) != len(PER_RANK):
-            raise ValueError(f"TrainState.load_state_dict: {PER_RANK} go together, got only {given}")
+        """Continue from `state`; without `data` (an older checkpoint) the stream continues at its step."""
+        step = int(state["step"])
+        if "data" in state and state["data"].get("step") != step:
+            raise ValueError(f"TrainState: data position {state['data'].get('step')!r} is not step {step}")
         self.student.load_state_dict(state["student"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if given:
+        if "data" in state:
             self.stream.load_state_dict(state["data"])
-            restore_rng(state["rng"], self.generator)
-        self.step = int(state["step"])
+        else:
+            self.stream.seek(step)
+        self.step = step
         self.history = list(state["history"])
         self.resumes = list(state["resumes"])
