@@ -310,6 +310,28 @@ def test_paired_folders_train_and_validate_through_the_preflight(sample_data, ti
     preflight.check_inputs(resolved)
 
 
+@pytest.mark.parametrize(
+    ("name", "arch", "scale", "teacher"),
+    [
+        ("dukd_swinir_x2c180_c18.yml", "swinir", 2, "001_classicalSR_DIV2K_s48w8_SwinIR-M_x2.pth"),
+        ("kd_rcan_x2c64g10b20_c64g10b6.yml", "rcan", 2, "RCAN_BIX2.pth"),
+    ],
+)
+def test_tiny_swinir_and_rcan_files_pass_the_preflight(sample_data, tiny_teacher, name, arch, scale, teacher):
+    """Their `--tiny` nets build, load a tiny teacher through --path-map and read the paired folders
+    (training data given by --data in the paired-folders form, over the file's `_sub` folders)."""
+    train, bench = sample_data.train_url, sample_data.benchmark_url
+    data = f"gt={train}/DIV2K_train_HR,lq={train}/DIV2K_train_LR_bicubic/X{scale},tmpl={{}}x{scale}"
+    args = ["--config", str(OPTIONS / name), "--tiny", "--data", data, "--storage", "/tmp/unused"]
+    for s in ("Set5", "Set14", "Urban100"):
+        args += ["--path-map", f"/cache/SR/benchmark/{s}={bench}/Sample"]
+    args += ["--path-map", f"/cache/SR/pretrained/{teacher}={tiny_teacher(arch, scale)}"]
+    cfg, found = job_cli.config_job(job_cli.config_parser().parse_args(args))
+    check_paths(found, cfg.to_dict(), None)
+    assert (cfg.model.arch, cfg.model.student_preset, cfg.model.student_kwargs) == (arch, "tiny_student", {})
+    preflight.check_inputs(preflight.resolve(cfg))
+
+
 def test_paired_folders_name_what_is_missing(tmp_path) -> None:
     with pytest.raises(ValueError, match="expected gt=HR_FOLDER,lq=LR_FOLDER"):
         PairedFolders.parse("gt=/a/HR")
