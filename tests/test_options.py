@@ -365,3 +365,9 @@ def test_one_pair_of_folders_is_a_validation_set_named_after_its_parent(sample_d
     assert resolved.data.val_sets == ["Sample"]
     sets = load_val_sets(resolved.data.val, resolved.data.val_sets, 4)
     assert sorted(p.name for p in sets["Sample"]) == sorted(n[:-4] for n in os.listdir(f"{bench}/HR"))
+
+
+def test_credentials_inside_paired_folders_are_redacted(capsys) -> None:
+    data = "gt=s3://AKIAEXAMPLE:SECRETEXAMPLE@bucket/HR,lq=s3://AKIAEXAMPLE:SECRETEXAMPLE@bucket/LR"
+    out = print_config(capsys, job_cli.main_config, "--config", DUKD_X4, "--data", data, "--print-config")
+    assert out["data"]["train"] == "gt=s3://***@bucket/HR,lq=s3://***@bucket/LR"
