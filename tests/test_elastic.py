@@ -12,6 +12,7 @@ continues on one worker from there, grows back to two, and finishes. The one-wor
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import threading
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 import pytest
+import torch
 
 from dukd_ray.storage import get_fs, join, list_folder, read_bytes
 from dukd_ray.train import JobConfig
@@ -30,6 +32,7 @@ from dukd_ray.train.report import workers_line
 CKPT_EVERY = 4
 STEPS = 20
 DRAIN_DEADLINE_S = 8
+EQUIVALENT = 1e-6  # weights of runs on different world sizes (gradients summed in another order)
 
 
 # ---------------------------------------------------------------- config and CLI
@@ -151,18 +154,16 @@ def test_an_elastic_run_checkpoints_on_notice_shrinks_and_grows(
 ):
     head, second = cluster
     bucket, opts = s3_bucket
-    cfg = JobConfig.from_preset("edsr_x4", tiny=True).apply_overrides(
+    settings = JobConfig.from_preset("edsr_x4", tiny=True).apply_overrides(
         [
             f"data.train={sample_data.train_url}",
             f"data.val={sample_data.benchmark_url}",
             f"model.teacher={tiny_teacher('edsr', 4)}",
             f"run.storage={join(bucket, 'runs')}",
-            "run.name=elastic",
-            "run.num_workers=1-2",
+            "run.use_gpu=false",
             "run.resize_check_s=1",
             "run.preemption_grace_s=22",  # found dead in ~2 s here (health checks), sized in 20 s more
             "run.max_failures=0",  # a preemption must not be charged to the failure budget
-            "run.use_gpu=false",
             f"train.max_steps={STEPS}",
             f"train.val_every={CKPT_EVERY}",
             f"train.ckpt_every={CKPT_EVERY}",
@@ -171,6 +172,7 @@ def test_an_elastic_run_checkpoints_on_notice_shrinks_and_grows(
             f"data.storage_options={json.dumps(opts)}",
         ]
     )
+    cfg = JobConfig.from_dict(settings.to_dict()).apply_overrides(["run.name=elastic", "run.num_workers=1-2"])
     from dukd_ray.train import run_training
 
     outcome: dict[str, Any] = {}
@@ -214,11 +216,29 @@ def test_an_elastic_run_checkpoints_on_notice_shrinks_and_grows(
     assert {w for s, w in worlds if s <= notice or s > final["resumes"][1]} == {2}, worlds
     assert result.step == STEPS and math.isfinite(result.metrics["val_psnr"])
     assert "workers: 2 (steps 1-" in read_bytes(result.report_url, opts).decode()
+
+    # the same run on one worker, uninterrupted, with the global batch the elastic run fixed at its start
+    assert final["global_batch_size"] == 4
+    alone = run_training(
+        settings.apply_overrides(["run.name=alone", "run.num_workers=1", "data.global_batch_size=4"])
+    )
+    ours, ref = _exported(result, opts), _exported(alone, opts)
+    entries = ("params", "params_ema")
+    worst = max(float((ours[e][k] - v).abs().max()) for e in entries for k, v in ref[e].items())
+    for entry in entries:
+        for key, value in ref[entry].items():
+            torch.testing.assert_close(ours[entry][key], value, rtol=0, atol=EQUIVALENT, msg=f"{entry}.{key}")
+    assert result.metrics["val_psnr"] == pytest.approx(alone.metrics["val_psnr"], abs=1e-4)
     print(
         f"\nelastic run: notice at step {notice} (0 steps redone); first one-worker checkpoint "
         f"(step {shrunk['step']}) {shrink_s:.1f} s after the drain notice; grew back from step "
-        f"{final['resumes'][1]}; {time.perf_counter() - began:.0f} s in all"
+        f"{final['resumes'][1]}; largest weight difference to one uninterrupted worker {worst:.1e}; "
+        f"{time.perf_counter() - began:.0f} s in all"
     )
+
+
+def _exported(result: Any, opts: dict) -> dict:
+    return torch.load(io.BytesIO(read_bytes(result.weights_url, opts)), weights_only=True)
 
 
 def _meta(result: Any) -> dict:
