@@ -67,7 +67,8 @@ def write_outputs(
         summary=[
             f"arch {m.arch} x{m.scale}: teacher {m.teacher_preset}, student {m.student_preset}",
             f"method {cfg.distill.method} (step mode {cfg.distill.step_mode}), {final['step']} steps, "
-            f"{cfg.run.num_workers} worker(s) x batch {cfg.data.batch_size}, patch {cfg.data.patch_size}",
+            f"global batch {cfg.data.global_batch_size} (at most {cfg.data.batch_size} a pass per worker), "
+            f"patch {cfg.data.patch_size}",
             f"exports: {export}.pth (params + params_ema), {export}.safetensors (EMA weights)",
             f"resumed from step(s): {', '.join(map(str, resumes)) or 'never'}",
             workers_line(history, resumes),
