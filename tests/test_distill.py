@@ -20,6 +20,7 @@ from dukd_ray.distill import (
     FAKD_TAPS,
     LC_OPS,
     DistillConfig,
+    Share,
     affinity,
     apply_ops,
     freeze_teacher,
@@ -534,6 +535,60 @@ def test_same_generator_seed_same_step_and_other_seed_other_cells():
 
     assert losses(3) == losses(3)
     assert losses(3)["loss_zoom_in"] != losses(4)["loss_zoom_in"]
+
+
+SHARED_CFGS = {
+    "kd": DistillConfig(method="kd"),
+    "dukd-paper": DistillConfig(n_gt_sub=2, lc_prob=0.5),
+    "dukd-joint": DistillConfig(n_gt_sub=2, lc_prob=0.5, step_mode="joint"),
+}
+
+
+@pytest.mark.parametrize("name", list(SHARED_CFGS))
+def test_a_batch_in_passes_trains_like_one_pass(name):
+    """Gradient accumulation (`Share.micro_batch`): 5 rows in passes of 2 (2 + 2 + 1) = one pass of 5,
+    both optimizer steps of `paper` included (SGD shows any difference in either)."""
+    batch = {k: torch.cat([v, v.flip(-1), v[:1].flip(-2)]) for k, v in make_batch(2).items()}  # 5 rows
+    runs = []
+    for micro in (None, 2):
+        student, teacher = tiny_models(2)
+        opt = torch.optim.SGD(student.parameters(), lr=SGD_LR)
+        losses = train_step(
+            student,
+            teacher,
+            opt,
+            batch,
+            SHARED_CFGS[name],
+            torch.Generator().manual_seed(3),
+            share=Share(5, 0, micro),
+        )
+        runs.append((losses, student))
+    (one, s1), (passes, s2) = runs
+    assert one.keys() == passes.keys() and one == pytest.approx(passes, rel=1e-5)
+    for (n, a), b in zip(s1.named_parameters(), s2.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=n)
+
+
+@pytest.mark.parametrize("name", list(SHARED_CFGS))
+def test_the_weighted_shares_of_workers_add_up_to_the_whole_batch_gradient(name):
+    """Rows 0..1 and 2..4 of a global batch of 5 on two 'workers' (no DDP: their gradients summed
+    by hand, `replicas=1`): each share slices the global batch's draws, and the weights make the sum
+    the one-worker gradient. lr 0 keeps the weights, so `.grad` after the step is the whole gradient."""
+    batch = {k: torch.cat([v, v.flip(-1), v[:1].flip(-2)]) for k, v in make_batch(2).items()}
+    grads = []
+    for rows in (slice(0, 5), slice(0, 2), slice(2, 5)):
+        student, teacher = tiny_models(2)
+        opt = torch.optim.SGD(student.parameters(), lr=0.0)
+        part = {k: v[rows] for k, v in batch.items()}
+        share = Share(5, rows.start, None)
+        train_step(
+            student, teacher, opt, part, SHARED_CFGS[name], torch.Generator().manual_seed(3), share=share
+        )
+        grads.append([p.grad.clone() for p in student.parameters()])
+    whole, first, second = grads
+    for w, a, b in zip(whole, first, second, strict=True):
+        torch.testing.assert_close(a + b, w, rtol=GRAD_RTOL, atol=GRAD_ATOL)
+    assert any(not torch.allclose(a, w) for w, a in zip(whole, first, strict=True))  # each share is a part
 
 
 def test_ema_update_formula_and_state_dict():
