@@ -7,7 +7,8 @@
    saved as a checkpoint, DIV2K-size synthetic images packed into shards in a local folder (the
    object-store path through fsspec), `--steps` steps, validated once at the end.
 2. `paper_scale.time_step` for each arch on the GPU with bf16 autocast on/off and channels-last
-   on/off, plus torch.compile with both on (skipped, with a note, where compilation fails).
+   on/off, plus torch.compile with both on for `--compile-archs` (default EDSR; a compilation that
+   fails becomes a row with a note).
 3. A table naming the card: step time, patches/s and the achieved MFU against the card's published
    dense bf16 peak (when the card is one `paper_scale.CARDS` names).
 
@@ -79,12 +80,11 @@ def step_table(a: argparse.Namespace, device: torch.device, tiny: bool) -> list[
     """One row per (arch, bf16, channels-last, compile) of the paper-size step (tiny off CUDA)."""
     peak = next((tflops for card, tflops in CARDS.items() if _same_card(card, device_name(device))), None)
     combos = [(amp, cl, False) for amp, cl in itertools.product((False, True), repeat=2)]
-    if a.compile:
-        combos.append((True, True, True))
     rows = []
     for arch in a.archs:
         macs = macs_per_step(arch, tiny, a.batch, a.patch)["total"]
-        for amp, channels_last, compile_ in combos:
+        compiled = [(True, True, True)] if a.compile and arch in a.compile_archs else []
+        for amp, channels_last, compile_ in combos + compiled:
             opts = argparse.Namespace(
                 tiny=tiny,
                 amp=amp,
@@ -164,13 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--steps", type=int, help="steps of the Ray Train run (default 300 on CUDA, 6 on CPU)")
     p.add_argument("--archs", default="edsr,rcan,swinir")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compile row")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compile rows")
+    p.add_argument(
+        "--compile-archs",
+        default="edsr",
+        help="archs with a compile row (compiling takes a minute or more each)",
+    )
     p.add_argument("--timed-steps", type=int, help="timed steps per row (default 10 on CUDA, 1 on CPU)")
     p.add_argument("--warmup-steps", type=int, default=2)
     a = p.parse_args(argv)
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     a.archs = [x for x in a.archs.split(",") if x]
+    a.compile_archs = [x for x in a.compile_archs.split(",") if x]
     a.batch, a.patch = (16, 48) if gpu else (4, 24)
     a.timed_steps = a.timed_steps or (10 if gpu else 1)
     a.compile = a.compile and gpu  # on CPU, inductor's C++ build alone takes minutes
