@@ -43,6 +43,8 @@ def test_step_draws_are_functions_of_seed_and_step_only():
     again = seed_step(10, 5)
     assert (float(torch.rand(1)), float(torch.rand(1, generator=again))) == draws
     assert draws[0] != draws[1]  # the two streams of a step differ
+    other_rank = seed_step(10, 5, first_row=4)  # another rank: its own global draws, the same distill ones
+    assert float(torch.rand(1)) != draws[0] and float(torch.rand(1, generator=other_rank)) == draws[1]
     seeds = {step_seed(s, k, 0) for s in (10, 11) for k in range(50)}
     assert len(seeds) == 100 and all(0 <= x < 2**63 for x in seeds)
 
@@ -240,8 +242,8 @@ def test_resume_takes_the_newest_complete_checkpoint(run_folder, tmp_path, train
     with resume_folder(registered, str(run_folder), None) as folder:  # Ray lost the registration of 4
         assert _read(folder, train_url).step == 4
     registered = ray.train.Checkpoint.from_directory(str(run_folder / checkpoint_dir_name(4)))
-    with resume_folder(registered, str(run_folder), None) as folder:  # Ray's own, used in place
-        assert Path(folder) == run_folder / checkpoint_dir_name(4)
+    with resume_folder(registered, str(run_folder), None) as folder:  # Ray's own, in a folder of this process
+        assert Path(folder) != run_folder / checkpoint_dir_name(4) and _read(folder, train_url).step == 4
     assert latest_complete_checkpoint(str(tmp_path / "no-such-run"), None) is None
     with resume_folder(None, str(tmp_path / "no-such-run"), None) as folder:
         assert folder is None

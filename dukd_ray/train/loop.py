@@ -139,7 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         began = time.perf_counter()
         batch = {k: v.to(device, non_blocking=cuda) for k, v in _next_batch(batches, rank, step).items()}
         fetched = time.perf_counter()
-        generator = seed_step(t.seed, step)  # every draw of the step: a function of (seed, step) only
+        generator = seed_step(t.seed, step, share.start)  # every draw: a function of (seed, step, row)
         losses = train_step(
             model, step_teacher, optimizer, batch, cfg.distill, generator, amp_dtype, input_format, share
         )

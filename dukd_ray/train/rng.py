@@ -15,12 +15,16 @@ import torch
 _GLOBAL, _DISTILL = 0, 1  # separate streams per step
 
 
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """A 63-bit seed for `stream` of step `step` of a run seeded `seed`; the same on every rank."""
-    return int(np.random.SeedSequence((seed, step, stream)).generate_state(1, np.uint64)[0] >> 1)
+def step_seed(seed: int, step: int, stream: int, *more: int) -> int:
+    """A 63-bit seed for `stream` (and `more` keys) of step `step` of a run seeded `seed`."""
+    return int(np.random.SeedSequence((seed, step, stream, *more)).generate_state(1, np.uint64)[0] >> 1)
 
 
-def seed_step(seed: int, step: int) -> torch.Generator:
-    """Reseed torch's global RNG (CUDA too) for `step`; returns the distill generator of that step."""
-    torch.manual_seed(step_seed(seed, step, _GLOBAL))
+def seed_step(seed: int, step: int, first_row: int = 0) -> torch.Generator:
+    """Reseed torch's global RNG (CUDA too) for `step`; returns the distill generator of that step.
+
+    The global RNG is keyed by this worker's first row of the global batch too, so ranks do not draw
+    the same masks for their different samples; the distill generator is the same on every rank.
+    """
+    torch.manual_seed(step_seed(seed, step, _GLOBAL, first_row))
     return torch.Generator().manual_seed(step_seed(seed, step, _DISTILL))
