@@ -31,6 +31,7 @@ from dukd_ray.train.checkpoint import (
     run_global_batch,
     write_checkpoint,
 )
+from dukd_ray.train.preflight import InputError, check_global_batch
 from dukd_ray.train.rng import seed_step, step_seed
 from dukd_ray.train.state import TrainState
 
@@ -176,6 +177,17 @@ def test_checkpoint_round_trip(tmp_path, train_url):
         _assert_same(restored.ema.state_dict(), written.ema.state_dict())
         _assert_same(restored.optimizer.state_dict(), written.optimizer.state_dict())
         assert restored.stream.state_dict() == written.stream.state_dict()
+
+
+def test_a_resubmission_with_another_global_batch_fails_on_the_driver(tmp_path, train_url):
+    cfg = JobConfig.from_preset("edsr_x4", tiny=True)
+    cfg.run.storage, cfg.run.name, cfg.data.batch_size = str(tmp_path), "run", 1
+    check_global_batch(cfg)  # no checkpoint yet: nothing recorded, nothing to contradict
+    _write(tmp_path / "run" / checkpoint_dir_name(7), _trained(train_url, 7, []))  # recorded global batch: 1
+    check_global_batch(cfg)  # unset: the run keeps its recorded batch
+    cfg.data.global_batch_size = 4
+    with pytest.raises(InputError, match=r"checkpoint at step 7\): data.global_batch_size is 4, but .* of 1"):
+        check_global_batch(cfg)
 
 
 def test_a_per_rank_checkpoint_of_the_older_format_still_resumes_with_a_warning(tmp_path, train_url, caplog):

@@ -32,6 +32,7 @@ from dukd_ray.storage import (
     with_retries,
     write_bytes_atomic,
 )
+from dukd_ray.train.checkpoint import latest_complete_checkpoint, run_global_batch
 from dukd_ray.train.config import JobConfig
 from dukd_ray.train.valsets import load_val_sets, val_set_names
 
@@ -124,6 +125,23 @@ def check_inputs(cfg: JobConfig) -> None:
     _guard("data.train", d.train, one_batch)
     _guard("data.val", d.val, lambda: load_val_sets(d.val, d.val_sets, m.scale, storage_options=opts))
     _guard("run.storage", cfg.run.storage, lambda: probe_storage(cfg.run.url(), opts))
+    check_global_batch(cfg)
+
+
+def check_global_batch(cfg: JobConfig) -> None:
+    """A resumed run keeps the global batch its first start recorded: a conflicting one fails here.
+
+    The workers check it again (they are the ones that read the checkpoint), but by then the user
+    would have waited for a worker group to start.
+    """
+    found = latest_complete_checkpoint(cfg.run.url(), cfg.data.storage_options or None)
+    if found is None:
+        return
+    step, meta = found[0], found[3]
+    try:
+        run_global_batch(cfg.data.global_batch_size, cfg.data.batch_size, cfg.run.max_workers, meta)
+    except ValueError as e:
+        raise InputError(f"{redact_url(cfg.run.url())} (checkpoint at step {step}): {e}") from None
 
 
 def check_training_files(
