@@ -120,15 +120,15 @@ def test_global_batches_do_not_depend_on_world_size_or_loader_workers(packed):
     """Global batch 5: 1 rank reading alone, or 2 ranks (3 + 2 rows) x 2 loader workers (2 + 1, 1 + 1
     lanes), across an epoch boundary."""
     prefix, opts, n = packed
-    assert -(-n // 5) < 10  # steps per epoch
-    alone, _ = global_batches(prefix, opts, 1, 0, 10)
-    shared, state = global_batches(prefix, opts, 2, 2, 10)
+    steps = -(-n // 5) + 2  # into the second epoch
+    alone, _ = global_batches(prefix, opts, 1, 0, steps)
+    shared, state = global_batches(prefix, opts, 2, 2, steps)
     assert alone[0]["lr"].shape == (5, 3, PATCH, PATCH)
     for want, got in zip(alone, shared, strict=True):
         assert torch.equal(want["index"], got["index"])
         assert torch.equal(want["lr"], got["lr"]) and torch.equal(want["hr"], got["hr"])
     # the 2-rank position resumes on 3 ranks (2 + 2 + 1 rows) with the same next batches
-    later, _ = global_batches(prefix, opts, 1, 0, 3, start=10)
+    later, _ = global_batches(prefix, opts, 1, 0, 3, start=steps)
     resumed, _ = global_batches(prefix, opts, 3, 1, 3, state=state)
     for want, got in zip(later, resumed, strict=True):
         assert torch.equal(want["index"], got["index"]) and torch.equal(want["lr"], got["lr"])
